@@ -1,0 +1,30 @@
+"""rng_fork: run code without changing what every other line of the program draws.
+
+``with fork_rng(): evaluate()`` saves Python's, NumPy's, torch's and every
+initialized CUDA device's RNG state, runs the block and puts them back exactly,
+without ever initializing CUDA.
+"""
+
+from .errors import RngRestoreError
+from .fork import fork_rng
+from .info import info
+from .sources import Codec, PlainCodec, RngSource, register_source, registered_sources, unregister_source
+from .state import RngState, get_rng_state, seed_all, set_rng_state
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Codec",
+    "PlainCodec",
+    "RngRestoreError",
+    "RngSource",
+    "RngState",
+    "fork_rng",
+    "get_rng_state",
+    "info",
+    "register_source",
+    "registered_sources",
+    "seed_all",
+    "set_rng_state",
+    "unregister_source",
+]

@@ -1,0 +1,84 @@
+"""``fork_rng``: run a block, then put every RNG back as if it had never run."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from types import TracebackType
+
+from ._checks import check_devices, check_seed
+from ._swap import Capture
+from .errors import RngRestoreError
+from .sources import generator_sources
+
+
+class fork_rng:  # noqa: N801 - named like torch.random.fork_rng, which it replaces
+    """Fork every RNG for the duration of a block.
+
+    On entry it captures Python's ``random``, NumPy's legacy global generator,
+    torch's CPU generator, every initialized CUDA device and the objects in
+    ``generators``; on exit (return, exception or ``KeyboardInterrupt``) it
+    restores them, so the code after the block draws exactly what it would have
+    drawn had the block never run. The block starts from the current state.
+
+    Args:
+        seed: if given, an int in ``[0, 2**32)`` that seeds every forked source
+            after the snapshot, so the block is deterministic wherever it runs.
+        enabled: ``False`` makes a plain block (as in torch).
+        devices: CUDA device indices to fork; ``[]`` forks none; default: every
+            initialized device. CUDA is never initialized by the fork.
+        generators: extra objects to fork: ``torch.Generator``,
+            ``numpy.random.Generator``/``RandomState``/``BitGenerator``,
+            ``random.Random`` or a ``DataLoader`` (its and its sampler's generator).
+
+    Bad arguments raise here, before anything changes. One object can be entered
+    again after it exits, and blocks nest to any depth.
+
+    Example::
+
+        with fork_rng():
+            evaluate(model, test_loader)   # draws whatever it likes
+        train_step()                       # sees the same numbers as without evaluate()
+    """
+
+    def __init__(
+        self,
+        seed: int | None = None,
+        *,
+        enabled: bool = True,
+        devices: Iterable[object] | None = None,
+        generators: Iterable[object] = (),
+    ) -> None:
+        self.seed = check_seed(seed)
+        if not isinstance(enabled, bool):
+            raise TypeError(f"enabled must be a bool, not {type(enabled).__name__}")
+        self.enabled = enabled
+        self.devices = check_devices(devices)
+        self._extra = generator_sources(generators)
+        self._open: list[Capture | None] = []
+
+    def __enter__(self) -> fork_rng:
+        capture = Capture.take(self.devices, self._extra) if self.enabled else None
+        self._open.append(capture)
+        if capture is not None and self.seed is not None:
+            capture.seed(self.seed)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        capture = self._open.pop()
+        if capture is None:
+            return
+        try:
+            capture.restore()
+        except RngRestoreError as failure:
+            if exc is not None:
+                # Chained to the block's own exception, so neither hides the other.
+                raise failure from exc
+            raise
+
+    def __repr__(self) -> str:
+        return f"fork_rng(seed={self.seed}, enabled={self.enabled}, devices={self.devices})"

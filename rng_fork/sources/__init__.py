@@ -1,0 +1,31 @@
+"""Adapters for every RNG family, and the registry that lists the default ones."""
+
+from .base import Codec, LazyGuard, Part, PlainCodec, RngSource
+from .devices import LazyDeviceSource
+from .objects import (
+    BitGeneratorSource,
+    PythonRandomSource,
+    RandomStateSource,
+    TorchGeneratorSource,
+    generator_sources,
+)
+from .registry import codec_for, register_source, registered_sources, source_family, unregister_source
+
+__all__ = [
+    "BitGeneratorSource",
+    "Codec",
+    "LazyDeviceSource",
+    "LazyGuard",
+    "Part",
+    "PlainCodec",
+    "PythonRandomSource",
+    "RandomStateSource",
+    "RngSource",
+    "TorchGeneratorSource",
+    "codec_for",
+    "generator_sources",
+    "register_source",
+    "registered_sources",
+    "source_family",
+    "unregister_source",
+]

@@ -1,0 +1,158 @@
+"""The adapter every RNG family implements, and the codec that describes its state.
+
+A *source* is one generator that rng_fork can save and put back: Python's global
+``random``, NumPy's legacy global generator, torch's CPU generator, one CUDA
+device, or a generator object the user passes in. Each has the same four verbs:
+``available``, ``capture``, ``restore`` and ``seed``.
+
+A *codec* describes the format of what ``capture`` returns (a *part*): how to
+validate one, and how to turn it into plain checkpoint data and back. Parts are
+immutable values that compare with ``==``, hash and pickle, so a snapshot is a
+value, not a view of live generators.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Any, Protocol
+
+Part = Hashable
+"""What a source's ``capture`` returns: immutable, comparable, picklable."""
+
+Plain = dict[str, Any]
+"""A part as checkpoint data: tensors, ints, floats, bools, strings, lists and dicts."""
+
+
+class Codec(ABC):
+    """How one kind of part is validated and converted to plain data and back.
+
+    ``tag`` names the format inside ``state_dict()``; it must be unique.
+    """
+
+    tag: str
+
+    @abstractmethod
+    def check(self, part: object) -> Part:
+        """Return ``part`` if it is well formed; raise ``TypeError``/``ValueError`` if not."""
+
+    @abstractmethod
+    def to_plain(self, part: Part) -> Plain:
+        """Convert a checked part to plain checkpoint data (without the tag)."""
+
+    @abstractmethod
+    def from_plain(self, plain: Mapping[str, Any]) -> Part:
+        """Convert plain data back to a checked part; raise on anything malformed."""
+
+
+class PlainCodec(Codec):
+    """The codec of sources whose parts are already plain, hashable values.
+
+    Example: a source holding a JAX key as a tuple of ints can use
+    ``PlainCodec("jax")`` and need not write one of its own.
+    """
+
+    def __init__(self, tag: str) -> None:
+        self.tag = tag
+
+    def check(self, part: object) -> Part:
+        if not isinstance(part, Hashable):
+            raise TypeError(f"a {self.tag} state must be hashable, not {type(part).__name__}")
+        return part
+
+    def to_plain(self, part: Part) -> Plain:
+        return {"value": part}
+
+    def from_plain(self, plain: Mapping[str, Any]) -> Part:
+        if "value" not in plain:
+            raise ValueError(f"a {self.tag} state needs a 'value' entry")
+        value = plain["value"]
+        return self.check(tuple(value) if isinstance(value, list) else value)
+
+
+class LazyGuard(Protocol):
+    """Protects a runtime that was not initialized when a fork began.
+
+    The fork cannot capture such a runtime's generators (that would initialize
+    it), so the guard instead undoes at exit what the block did to it: seeds
+    queued for a later initialization, or an initialization the block caused.
+    """
+
+    def seed(self, seed: int) -> None:
+        """Seed the runtime's generators for the block (lazily, where uninitialized)."""
+
+    def release(self) -> None:
+        """Put the runtime back as if the block had never run."""
+
+
+class RngSource(ABC):
+    """One generator rng_fork saves and restores: the four verbs plus a codec.
+
+    Subclass it to add a source, then :func:`rng_fork.register_source` an instance.
+    A source that stands for several generators (one per device) overrides
+    ``expand`` and ``resolve``; one whose runtime initializes lazily also
+    overrides ``guard``.
+
+    Example::
+
+        class KeyHolderSource(RngSource):
+            name = "jax"
+            codec = PlainCodec("jax")
+
+            def capture(self):
+                return tuple(int(x) for x in holder.key)
+
+            def restore(self, part):
+                holder.key = jax.numpy.asarray(part, dtype=jax.numpy.uint32)
+
+            def seed(self, seed):
+                holder.key = jax.random.PRNGKey(seed)
+
+        register_source(KeyHolderSource())
+    """
+
+    name: str
+    codec: Codec
+
+    def available(self) -> bool:
+        """Whether this source can be captured now without side effects."""
+        return True
+
+    @abstractmethod
+    def capture(self) -> Part:
+        """Return the generator's current state as an immutable part."""
+
+    @abstractmethod
+    def restore(self, part: Part) -> None:
+        """Put the generator back into the state ``part`` (already checked)."""
+
+    @abstractmethod
+    def seed(self, seed: int) -> None:
+        """Seed the generator from an int in ``[0, 2**32)``."""
+
+    def check_target(self, part: Part) -> None:
+        """Raise if ``part`` (well formed for the codec) cannot go into this generator."""
+        return None
+
+    def check_devices(self, devices: Sequence[int]) -> None:
+        """Raise ``ValueError`` if ``devices`` names a device this source does not have."""
+        return None
+
+    def expand(self, devices: Sequence[int] | None) -> Sequence[RngSource]:
+        """The generators to capture now; ``devices`` selects device indices, if any."""
+        return (self,) if self.available() else ()
+
+    def resolve(self, name: str) -> RngSource | None:
+        """The generator a saved part named ``name`` should be restored into, if any."""
+        return self if name == self.name and self.available() else None
+
+    def guard(self, devices: Sequence[int] | None) -> LazyGuard | None:
+        """A guard for a runtime that is not yet initialized, or None."""
+        return None
+
+    def describe(self) -> dict[str, Any]:
+        """A short description for :func:`rng_fork.info`."""
+        return {"name": self.name, "type": type(self).__name__, "available": self.available()}
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r}>"

@@ -1,0 +1,180 @@
+"""Sources for accelerators whose runtime initializes lazily (CUDA, XPU, MTIA).
+
+Reading a device generator initializes its runtime, which breaks forked
+DataLoader workers and costs seconds. So a device's generators are captured
+only while its runtime is already initialized; otherwise a guard undoes what a
+block does to the not-yet-initialized runtime: seeds it queued for a later
+initialization, or an initialization it caused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from types import ModuleType
+from typing import Any
+
+from .base import RngSource
+from .objects import TorchGeneratorSource
+
+QueuedCall = tuple[Callable[[], None], Any]
+
+
+class LazyDeviceSource(RngSource):
+    """Every device of one lazily initialized backend, as ``name:0``, ``name:1``, ...
+
+    ``module`` is the backend's torch module (``torch.cuda``, ``torch.xpu``):
+    anything with ``is_initialized``, ``device_count``, ``default_generators``,
+    ``manual_seed_all``, ``_lazy_call``, ``_queued_calls`` and
+    ``_lazy_seed_tracker``, which lets tests stand one in on the CPU.
+    """
+
+    def __init__(self, name: str, module: ModuleType | Any) -> None:
+        self.name = name
+        self.module = module
+        self.codec = TorchGeneratorSource.codec
+
+    def available(self) -> bool:
+        return bool(self.module.is_initialized())
+
+    def device_count(self) -> int:
+        """Devices visible to the backend; asks the driver without initializing."""
+        return int(self.module.device_count())
+
+    def check_devices(self, devices: Sequence[int]) -> None:
+        if not devices:
+            return
+        count = self.device_count()
+        missing = [i for i in devices if i >= count]
+        if missing:
+            raise ValueError(f"{self.name} has {count} device(s); no device {missing[0]} to fork")
+
+    def _indices(self, devices: Sequence[int] | None) -> Sequence[int]:
+        return range(len(self.module.default_generators)) if devices is None else devices
+
+    def expand(self, devices: Sequence[int] | None) -> Sequence[RngSource]:
+        if not self.available():
+            return ()
+        generators = self.module.default_generators
+        return tuple(TorchGeneratorSource(f"{self.name}:{i}", generators[i]) for i in self._indices(devices))
+
+    def resolve(self, name: str) -> RngSource | None:
+        prefix, _, index = name.partition(":")
+        if prefix != self.name or not index.isdigit():
+            return None
+        device = int(index)
+        if self.available():
+            generators = self.module.default_generators
+            return TorchGeneratorSource(name, generators[device]) if device < len(generators) else None
+        if device < self.device_count():
+            return _QueuedDeviceSource(name, self.module, device)
+        return None
+
+    def capture(self) -> Any:
+        raise TypeError(f"{self.name} stands for several devices; capture each of expand()")
+
+    def restore(self, part: Any) -> None:
+        raise TypeError(f"{self.name} stands for several devices; restore each of expand()")
+
+    def seed(self, seed: int) -> None:
+        """Seed every device, lazily (at initialization) if the runtime is not up yet."""
+        self.module.manual_seed_all(seed)
+
+    def guard(self, devices: Sequence[int] | None) -> _LazyInitGuard | None:
+        if self.available() or devices == () or not hasattr(self.module, "_lazy_seed_tracker"):
+            return None
+        return _LazyInitGuard(self.module, devices)
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "initialized": self.available(), "device_count": self.device_count()}
+
+
+class _QueuedDeviceSource(TorchGeneratorSource):
+    """A device of an uninitialized runtime: restoring it queues the state for initialization."""
+
+    def __init__(self, name: str, module: Any, device: int) -> None:
+        self.name = name
+        self.module = module
+        self.device = device
+
+    def capture(self) -> Any:
+        raise TypeError(f"capturing {self.name} would initialize its runtime")
+
+    def restore(self, part: Any) -> None:
+        # torch's own set_rng_state queues the state while uninitialized.
+        self.module.set_rng_state(self.codec.to_plain(part)["state"], self.device)
+
+    def seed(self, seed: int) -> None:
+        raise TypeError(f"seeding {self.name} alone would initialize its runtime")
+
+    def check_target(self, part: Any) -> None:
+        if part[0] != self.name.partition(":")[0]:
+            raise ValueError(f"a {part[0]} generator state cannot go into {self.name}")
+
+
+def _is_rng_call(call: QueuedCall, module: Any) -> bool:
+    target = getattr(call[0], "__module__", None) or ""
+    return target == f"{module.__name__}.random" or target == __name__
+
+
+class _LazyInitGuard:
+    """Makes a block invisible to a runtime that was not initialized when it began.
+
+    At exit, a seed the block queued (``torch.manual_seed`` queues one for every
+    lazy backend) is dropped, so it cannot hit a later initialization. If the
+    block initialized the runtime, each device is put back to the state it had
+    just after initialization, before the block drew from it, and the seeds that
+    were queued before the block are applied again, as initialization would have.
+    That first state is recorded by a call queued here: torch runs queued calls
+    at initialization after creating the generators and before queued seeds.
+    """
+
+    def __init__(self, module: Any, devices: Sequence[int] | None) -> None:
+        self.module = module
+        self.devices = devices
+        tracker = module._lazy_seed_tracker
+        self._tracker = (tracker.manual_seed_all_cb, tracker.manual_seed_cb, list(tracker.call_order))
+        self._queue: list[QueuedCall] = list(module._queued_calls)
+        self._fresh: dict[int, Any] | None = None
+        module._lazy_call(self._record_fresh)
+
+    def _indices(self) -> Sequence[int]:
+        count = len(self.module.default_generators)
+        return range(count) if self.devices is None else [i for i in self.devices if i < count]
+
+    def _record_fresh(self) -> None:
+        generators = self.module.default_generators
+        self._fresh = {i: generators[i].get_state() for i in self._indices()}
+
+    def seed(self, seed: int) -> None:
+        if self.devices is None:
+            self.module.manual_seed_all(seed)
+            return
+        before = [entry for entry in self._tracker[2] if entry]
+
+        def seed_listed() -> None:
+            # Queued as the latest seed-all, this replaces earlier queued seeds,
+            # so it first applies them and then seeds the listed devices.
+            for call, _ in before:
+                call()
+            for i in self._indices():
+                self.module.default_generators[i].manual_seed(seed)
+
+        self.module._lazy_call(seed_listed, seed_all=True)
+
+    def release(self) -> None:
+        module = self.module
+        tracker = module._lazy_seed_tracker
+        tracker.manual_seed_all_cb, tracker.manual_seed_cb, call_order = self._tracker
+        tracker.call_order = list(call_order)
+        if not module.is_initialized():
+            added = module._queued_calls[len(self._queue):]
+            module._queued_calls[:] = self._queue + [c for c in added if not _is_rng_call(c, module)]
+            return
+        if self._fresh is None:
+            return
+        generators = module.default_generators
+        for i, state in self._fresh.items():
+            generators[i].set_state(state)
+        for entry in call_order:
+            if entry:
+                entry[0]()

@@ -1,0 +1,452 @@
+"""Sources for generator objects: ``random.Random``, NumPy's ``RandomState`` and
+``BitGenerator``, and ``torch.Generator``.
+
+The global sources are these same adapters bound to the global objects
+(``random._inst``, ``np.random.mtrand._rand``, ``torch.default_generator``), so
+a user's own generator and the global one are saved by one piece of code.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from array import array
+from collections.abc import Mapping
+from typing import Any, Generic, TypeVar, cast
+
+import numpy as np
+import torch
+
+from .base import Codec, Part, Plain, RngSource
+
+_MT_WORDS = 624
+_MT_BYTES = _MT_WORDS * 4
+
+T = TypeVar("T")
+
+
+def _need(plain: Mapping[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:
+    if key not in plain:
+        raise ValueError(f"missing entry {key!r}")
+    value = plain[key]
+    if isinstance(value, bool) and kind is not bool and not (isinstance(kind, tuple) and bool in kind):
+        raise TypeError(f"entry {key!r} must not be a bool")
+    if not isinstance(value, kind):
+        raise TypeError(f"entry {key!r} has type {type(value).__name__}")
+    return value
+
+
+def _words_from_plain(value: object, key: str) -> bytes:
+    """MT19937 words stored as an int64 tensor (or list) back to 2,496 bytes."""
+    if isinstance(value, torch.Tensor):
+        if value.dtype.is_floating_point or value.dtype.is_complex or value.dim() != 1:
+            raise TypeError(f"entry {key!r} must be a 1-d integer tensor")
+        values = value.tolist()
+    elif isinstance(value, (list, tuple)):
+        values = list(value)
+    else:
+        raise TypeError(f"entry {key!r} must be a tensor of words, not {type(value).__name__}")
+    if len(values) != _MT_WORDS:
+        raise ValueError(f"entry {key!r} must hold {_MT_WORDS} words, got {len(values)}")
+    if any(isinstance(w, bool) or not isinstance(w, int) or not 0 <= w < 2**32 for w in values):
+        raise ValueError(f"entry {key!r} must hold unsigned 32-bit words")
+    return array("I", values).tobytes()
+
+
+def _words_to_plain(words: bytes) -> torch.Tensor:
+    return torch.tensor(array("I", words).tolist(), dtype=torch.int64)
+
+
+def _check_gauss(value: object, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, float) or not math.isfinite(value):
+        raise ValueError(f"{what} must be a finite float")
+    return value
+
+
+# --- Python's random.Random --------------------------------------------------
+
+PythonPart = tuple[bytes, int, "float | None"]
+"""624 Mersenne Twister words (native uint32), the position, the cached gauss."""
+
+
+class PythonRandomCodec(Codec):
+    """Parts of ``random.Random``: ``(words, index, gauss_next)``."""
+
+    tag = "random.Random"
+
+    def check(self, part: object) -> Part:
+        if not isinstance(part, tuple) or len(part) != 3:
+            raise TypeError("a random.Random state must be a (words, index, gauss_next) tuple")
+        words, index, gauss = part
+        if not isinstance(words, bytes) or len(words) != _MT_BYTES:
+            raise ValueError(f"a random.Random state needs {_MT_BYTES} bytes of words")
+        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index <= _MT_WORDS:
+            raise ValueError(f"a random.Random index must be an int in [0, {_MT_WORDS}]")
+        if gauss is not None:
+            _check_gauss(gauss, "a random.Random gauss_next")
+        return part
+
+    def to_plain(self, part: Part) -> Plain:
+        words, index, gauss = cast(PythonPart, part)
+        return {
+            "words": _words_to_plain(words),
+            "index": index,
+            "has_gauss": gauss is not None,
+            "gauss": 0.0 if gauss is None else gauss,
+        }
+
+    def from_plain(self, plain: Mapping[str, Any]) -> Part:
+        words = _words_from_plain(_need(plain, "words", object), "words")
+        index = _need(plain, "index", int)
+        has_gauss = _need(plain, "has_gauss", bool)
+        gauss = float(_need(plain, "gauss", (int, float)))
+        return self.check((words, index, gauss if has_gauss else None))
+
+
+def python_capture(obj: random.Random) -> PythonPart:
+    """Portable capture through ``getstate``."""
+    _, internal, gauss = obj.getstate()
+    return (array("I", internal[:_MT_WORDS]).tobytes(), internal[_MT_WORDS], gauss)
+
+
+def python_restore(obj: random.Random, part: PythonPart) -> None:
+    """Portable restore through ``setstate``."""
+    words, index, gauss = part
+    obj.setstate((3, (*array("I", words), index), gauss))
+
+
+class _ObjectSource(RngSource, Generic[T]):
+    """A source bound to one generator object."""
+
+    def __init__(self, name: str, obj: T) -> None:
+        self.name = name
+        self.obj = obj
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "object": type(self.obj).__qualname__}
+
+
+class PythonRandomSource(_ObjectSource[random.Random]):
+    """A ``random.Random`` instance (the global one is ``random._inst``).
+
+    Example::
+
+        rng = random.Random(0)
+        with fork_rng(generators=[rng]):
+            rng.random()
+    """
+
+    codec = PythonRandomCodec()
+
+    def capture(self) -> Part:
+        return python_capture(self.obj)
+
+    def restore(self, part: Part) -> None:
+        python_restore(self.obj, part)  # type: ignore[arg-type]
+
+    def seed(self, seed: int) -> None:
+        self.obj.seed(seed)
+
+
+# --- NumPy's legacy RandomState ----------------------------------------------
+
+NumpyPart = tuple[bytes, int, int, float]
+"""MT19937 key words (native uint32), the position, has_gauss, the cached gauss."""
+
+
+class RandomStateCodec(Codec):
+    """Parts of ``numpy.random.RandomState``: ``(key, pos, has_gauss, gauss)``."""
+
+    tag = "numpy.random.RandomState"
+
+    def check(self, part: object) -> Part:
+        if not isinstance(part, tuple) or len(part) != 4:
+            raise TypeError("a RandomState state must be a (key, pos, has_gauss, gauss) tuple")
+        key, pos, has_gauss, gauss = part
+        if not isinstance(key, bytes) or len(key) != _MT_BYTES:
+            raise ValueError(f"a RandomState state needs {_MT_BYTES} bytes of key")
+        if isinstance(pos, bool) or not isinstance(pos, int) or not 0 <= pos <= _MT_WORDS:
+            raise ValueError(f"a RandomState pos must be an int in [0, {_MT_WORDS}]")
+        if has_gauss not in (0, 1) or isinstance(has_gauss, bool):
+            raise ValueError("a RandomState has_gauss must be 0 or 1")
+        _check_gauss(gauss, "a RandomState cached gaussian")
+        return part
+
+    def to_plain(self, part: Part) -> Plain:
+        key, pos, has_gauss, gauss = cast(NumpyPart, part)
+        return {"key": _words_to_plain(key), "pos": pos, "has_gauss": bool(has_gauss), "gauss": gauss}
+
+    def from_plain(self, plain: Mapping[str, Any]) -> Part:
+        key = _words_from_plain(_need(plain, "key", object), "key")
+        pos = _need(plain, "pos", int)
+        has_gauss = int(_need(plain, "has_gauss", bool))
+        gauss = float(_need(plain, "gauss", (int, float)))
+        return self.check((key, pos, has_gauss, gauss))
+
+
+def numpy_capture(obj: np.random.RandomState) -> NumpyPart:
+    """Portable capture through ``get_state``."""
+    _, key, pos, has_gauss, gauss = cast(tuple[str, np.ndarray, int, int, float], obj.get_state(legacy=True))
+    return (key.astype(np.uint32, copy=False).tobytes(), int(pos), int(has_gauss), float(gauss))
+
+
+def numpy_restore(obj: np.random.RandomState, part: NumpyPart) -> None:
+    """Portable restore through ``set_state``."""
+    key, pos, has_gauss, gauss = part
+    obj.set_state(("MT19937", np.frombuffer(key, dtype=np.uint32), pos, has_gauss, gauss))
+
+
+class RandomStateSource(_ObjectSource[np.random.RandomState]):
+    """A ``numpy.random.RandomState`` (the global one is ``np.random.mtrand._rand``).
+
+    Its legacy Gaussian cache is part of the state: ``np.random.randn`` after an
+    odd number of draws restores exactly.
+    """
+
+    codec = RandomStateCodec()
+
+    def available(self) -> bool:
+        # A RandomState built on another bit generator has no MT19937 key to save.
+        return isinstance(self.obj._bit_generator, np.random.MT19937)
+
+    def capture(self) -> Part:
+        return numpy_capture(self.obj)
+
+    def restore(self, part: Part) -> None:
+        numpy_restore(self.obj, part)  # type: ignore[arg-type]
+
+    def seed(self, seed: int) -> None:
+        self.obj.seed(seed)
+
+
+# --- NumPy BitGenerators (behind numpy.random.Generator) ---------------------
+
+
+def _freeze(value: object) -> Part:
+    """A bit generator's state dict as nested tuples, so it hashes and compares."""
+    if isinstance(value, dict):
+        return ("dict", tuple((str(k), _freeze(v)) for k, v in value.items()))
+    if isinstance(value, np.ndarray):
+        return ("ndarray", value.dtype.str, tuple(value.shape), value.tobytes())
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    if isinstance(value, (int, float, str)) or value is None:
+        return value
+    raise TypeError(f"unexpected {type(value).__name__} in a bit generator state")
+
+
+def _thaw(frozen: Any) -> Any:
+    if isinstance(frozen, tuple) and frozen and frozen[0] == "dict":
+        return {k: _thaw(v) for k, v in frozen[1]}
+    if isinstance(frozen, tuple) and frozen and frozen[0] == "ndarray":
+        _, dtype, shape, data = frozen
+        return np.frombuffer(data, dtype=np.dtype(dtype)).reshape(shape).copy()
+    return frozen
+
+
+def _to_plain_tree(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _to_plain_tree(v) for k, v in value.items()}
+    if isinstance(value, np.ndarray):
+        return {"__ndarray__": value.dtype.str, "shape": list(value.shape), "values": value.ravel().tolist()}
+    return value
+
+
+def _from_plain_tree(value: Any) -> Any:
+    if isinstance(value, dict) and "__ndarray__" in value:
+        array_ = np.array(value["values"], dtype=np.dtype(value["__ndarray__"]))
+        return array_.reshape(value["shape"])
+    if isinstance(value, dict):
+        return {k: _from_plain_tree(v) for k, v in value.items()}
+    return value
+
+
+def _bit_generator_class(state: Any) -> type[np.random.BitGenerator]:
+    name = state.get("bit_generator") if isinstance(state, dict) else None
+    cls = getattr(np.random, name, None) if isinstance(name, str) else None
+    if not (isinstance(cls, type) and issubclass(cls, np.random.BitGenerator)):
+        raise ValueError(f"unknown bit generator {name!r}")
+    return cls
+
+
+class BitGeneratorCodec(Codec):
+    """Parts of a NumPy ``BitGenerator``: its ``state`` dict, frozen into tuples."""
+
+    tag = "numpy.random.BitGenerator"
+
+    def check(self, part: object) -> Part:
+        try:
+            state = _thaw(part)
+            # A scratch instance of the same class validates the state exactly,
+            # with NumPy's own rules, without touching the user's generator.
+            _bit_generator_class(state)().state = state
+        except (TypeError, ValueError, KeyError, IndexError) as exc:
+            raise ValueError(f"not a valid bit generator state: {exc}") from None
+        return part
+
+    def to_plain(self, part: Part) -> Plain:
+        return {"state": _to_plain_tree(_thaw(part))}
+
+    def from_plain(self, plain: Mapping[str, Any]) -> Part:
+        state = _need(plain, "state", dict)
+        try:
+            frozen = _freeze(_from_plain_tree(state))
+        except (TypeError, ValueError, KeyError) as exc:
+            raise ValueError(f"not a valid bit generator state: {exc}") from None
+        return self.check(frozen)
+
+
+class BitGeneratorSource(_ObjectSource[np.random.BitGenerator]):
+    """A NumPy ``BitGenerator``; a ``numpy.random.Generator`` is saved through its own.
+
+    Example::
+
+        rng = np.random.default_rng(0)
+        with fork_rng(generators=[rng]):
+            rng.normal()
+    """
+
+    codec = BitGeneratorCodec()
+
+    def capture(self) -> Part:
+        return _freeze(self.obj.state)
+
+    def restore(self, part: Part) -> None:
+        self.obj.state = _thaw(part)
+
+    def seed(self, seed: int) -> None:
+        self.obj.state = type(self.obj)(seed).state
+
+    def check_target(self, part: Part) -> None:
+        wanted = type(self.obj).__name__
+        got = _thaw(part).get("bit_generator")
+        if got != wanted:
+            raise ValueError(f"a {got} state cannot go into a {wanted}")
+
+
+# --- torch.Generator ---------------------------------------------------------
+
+TorchPart = tuple[str, bytes]
+"""The generator's device type and its raw state bytes."""
+
+_CUDA_STATE_SIZES = (16, 8)  # seed + Philox offset; torch also accepts the seed alone
+
+
+def _cpu_state_size() -> int:
+    return int(torch.Generator().get_state().numel())
+
+
+class TorchGeneratorCodec(Codec):
+    """Parts of a ``torch.Generator`` on any device: ``(device_type, state_bytes)``."""
+
+    tag = "torch.Generator"
+
+    def check(self, part: object) -> Part:
+        if not isinstance(part, tuple) or len(part) != 2:
+            raise TypeError("a torch.Generator state must be a (device_type, bytes) tuple")
+        device_type, data = part
+        if not isinstance(device_type, str) or not isinstance(data, bytes):
+            raise TypeError("a torch.Generator state must be a (device_type, bytes) tuple")
+        if device_type == "cpu":
+            size = _cpu_state_size()
+            if len(data) != size:
+                raise ValueError(f"a CPU generator state must be {size} bytes, got {len(data)}")
+            # torch checks the content too; a scratch generator finds out without harm.
+            torch.Generator().set_state(_bytes_to_tensor(data))
+        elif device_type == "cuda":
+            if len(data) not in _CUDA_STATE_SIZES:
+                raise ValueError(f"a CUDA generator state must be 16 bytes, got {len(data)}")
+            if len(data) == 16 and int.from_bytes(data[8:], "little", signed=True) % 4:
+                raise ValueError("a CUDA generator's Philox offset must be a multiple of 4")
+        elif not data:
+            raise ValueError(f"a {device_type} generator state must not be empty")
+        return part
+
+    def to_plain(self, part: Part) -> Plain:
+        device_type, data = cast(TorchPart, part)
+        return {"device": device_type, "state": _bytes_to_tensor(data)}
+
+    def from_plain(self, plain: Mapping[str, Any]) -> Part:
+        device_type = _need(plain, "device", str)
+        state = _need(plain, "state", torch.Tensor)
+        if state.dtype != torch.uint8 or state.dim() != 1:
+            raise TypeError(f"entry 'state' must be a 1-d uint8 tensor, got {state.dtype} with {state.dim()} dims")
+        return self.check((device_type, state.cpu().numpy().tobytes()))
+
+
+def _bytes_to_tensor(data: bytes) -> torch.Tensor:
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8)
+
+
+class TorchGeneratorSource(_ObjectSource[torch.Generator]):
+    """A ``torch.Generator``: the CPU default generator, a CUDA device's, or the user's."""
+
+    codec = TorchGeneratorCodec()
+
+    def capture(self) -> Part:
+        return (self.obj.device.type, self.obj.get_state().numpy().tobytes())
+
+    def restore(self, part: Part) -> None:
+        self.obj.set_state(_bytes_to_tensor(part[1]))  # type: ignore[index]
+
+    def seed(self, seed: int) -> None:
+        self.obj.manual_seed(seed)
+
+    def check_target(self, part: Part) -> None:
+        device_type = self.obj.device.type
+        if part[0] != device_type:  # type: ignore[index]
+            raise ValueError(f"a {part[0]} generator state cannot go into a {device_type} generator")  # type: ignore[index]
+
+
+# --- generators= --------------------------------------------------------------
+
+GENERATOR_PREFIX = "generator"
+
+
+def _generator_objects(obj: object) -> list[object]:
+    """The generator objects behind one entry of ``generators=``."""
+    if isinstance(obj, random.SystemRandom):
+        raise TypeError("random.SystemRandom has no state to fork")
+    if isinstance(obj, (random.Random, np.random.RandomState, np.random.BitGenerator, torch.Generator)):
+        return [obj]
+    if isinstance(obj, np.random.Generator):
+        return [obj.bit_generator]
+    if isinstance(obj, torch.utils.data.DataLoader):
+        # A loader draws from its own generator (the worker base seed) and from
+        # its sampler's (the shuffle order); usually they are the same object.
+        samplers = [obj.sampler, getattr(obj.batch_sampler, "sampler", None)]
+        found = [obj.generator, *(getattr(s, "generator", None) for s in samplers)]
+        return [g for g in found if isinstance(g, torch.Generator)]
+    raise TypeError(
+        "generators= takes torch.Generator, numpy.random.Generator, numpy.random.RandomState, "
+        f"numpy.random.BitGenerator, random.Random or torch.utils.data.DataLoader, not {type(obj).__qualname__}"
+    )
+
+
+def generator_sources(generators: object) -> tuple[RngSource, ...]:
+    """Sources for the objects of ``generators=``, named ``generator:0``, ``generator:1``, ...
+
+    Each distinct generator gets one source, in order of first appearance, so
+    the same list always yields the same names.
+    """
+    if isinstance(generators, (str, bytes)) or not hasattr(generators, "__iter__"):
+        raise TypeError(f"generators= must be an iterable of generators, not {type(generators).__name__}")
+    seen: dict[int, object] = {}
+    for entry in generators:
+        for obj in _generator_objects(entry):
+            seen.setdefault(id(obj), obj)
+    return tuple(_source_for(f"{GENERATOR_PREFIX}:{i}", obj) for i, obj in enumerate(seen.values()))
+
+
+def _source_for(name: str, obj: object) -> RngSource:
+    if isinstance(obj, random.Random):
+        return PythonRandomSource(name, obj)
+    if isinstance(obj, np.random.RandomState):
+        source = RandomStateSource(name, obj)
+        if not source.available():
+            raise TypeError("only a RandomState on MT19937 can be forked")
+        return source
+    if isinstance(obj, np.random.BitGenerator):
+        return BitGeneratorSource(name, obj)
+    assert isinstance(obj, torch.Generator)
+    return TorchGeneratorSource(name, obj)

@@ -1,0 +1,94 @@
+"""The registry of default sources, which third parties extend.
+
+Order matters only for reporting: sources are captured and restored in
+registration order.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+
+import numpy as np
+import torch
+
+from .base import Codec, RngSource
+from .devices import LazyDeviceSource
+from .objects import (
+    GENERATOR_PREFIX,
+    BitGeneratorCodec,
+    PythonRandomSource,
+    RandomStateSource,
+    TorchGeneratorSource,
+)
+
+_lock = threading.Lock()
+_sources: dict[str, RngSource] = {}
+_codecs: dict[str, Codec] = {codec.tag: codec for codec in (
+    PythonRandomSource.codec,
+    RandomStateSource.codec,
+    BitGeneratorCodec(),
+    TorchGeneratorSource.codec,
+)}
+
+
+def register_source(source: RngSource, *, replace: bool = False) -> RngSource:
+    """Add ``source`` to the sources every fork and snapshot covers; returns it.
+
+    Its ``name`` keys its state in snapshots and must be unique (and free of
+    ``":"``, which separates device indices); ``replace=True`` swaps out a
+    source of the same name. Its codec is registered by tag.
+
+    Example::
+
+        register_source(KeyHolderSource())
+        with fork_rng():      # now also saves and restores the key holder
+            ...
+    """
+    if not isinstance(source, RngSource):
+        raise TypeError(f"register_source takes an RngSource, not {type(source).__name__}")
+    name = getattr(source, "name", None)
+    if not isinstance(name, str) or not name or ":" in name or name == GENERATOR_PREFIX:
+        raise ValueError(f"a source needs a non-empty name without ':' (and not {GENERATOR_PREFIX!r}), got {name!r}")
+    codec = getattr(source, "codec", None)
+    if not isinstance(codec, Codec):
+        raise TypeError(f"source {name!r} needs a codec (an rng_fork.Codec), got {type(codec).__name__}")
+    with _lock:
+        if name in _sources and not replace:
+            raise ValueError(f"a source named {name!r} is already registered; pass replace=True")
+        known = _codecs.get(codec.tag)
+        if known is not None and known is not codec and type(known) is not type(codec):
+            raise ValueError(f"another codec already uses the tag {codec.tag!r}")
+        _codecs.setdefault(codec.tag, codec)
+        _sources[name] = source
+    return source
+
+
+def unregister_source(name: str) -> RngSource:
+    """Remove the source named ``name`` and return it; ``KeyError`` if there is none."""
+    with _lock:
+        try:
+            return _sources.pop(name)
+        except KeyError:
+            raise KeyError(f"no source named {name!r} is registered") from None
+
+
+def registered_sources() -> tuple[RngSource, ...]:
+    """The registered sources, in the order they are captured."""
+    return tuple(_sources.values())
+
+
+def codec_for(tag: str) -> Codec | None:
+    """The codec registered under ``tag``, if any."""
+    return _codecs.get(tag)
+
+
+def source_family(name: str) -> RngSource | None:
+    """The registered source a part named ``name`` (``"cuda:1"`` -> ``"cuda"``) belongs to."""
+    return _sources.get(name.partition(":")[0])
+
+
+register_source(PythonRandomSource("python", random._inst))
+register_source(RandomStateSource("numpy", np.random.mtrand._rand))
+register_source(TorchGeneratorSource("torch", torch.default_generator))
+register_source(LazyDeviceSource("cuda", torch.cuda))

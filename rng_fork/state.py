@@ -1,0 +1,228 @@
+"""Immutable snapshots of every RNG source, and their checkpoint form."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from ._checks import check_seed
+from ._swap import live_sources, restore_all
+from .sources import Part, RngSource, codec_for, generator_sources, registered_sources, source_family
+from .sources.objects import GENERATOR_PREFIX
+
+
+def _named(name: str, exc: Exception) -> Exception:
+    """The same kind of error, with the source it concerns named first."""
+    renamed = type(exc)(f"RNG source {name!r}: {exc}")
+    renamed.__cause__ = exc.__cause__
+    return renamed
+
+
+class RngState:
+    """An immutable snapshot of every RNG source, keyed by source name.
+
+    Names are ``"python"``, ``"numpy"``, ``"torch"``, ``"cuda:0"``, ... and
+    ``"generator:0"``, ... for objects passed as ``generators=``. Snapshots
+    compare with ``==``, hash and pickle; :meth:`state_dict` gives plain data
+    for checkpoints that ``torch.load(..., weights_only=True)`` reads back.
+
+    Example::
+
+        state = rng_fork.get_rng_state()
+        torch.save({"rng": state.state_dict()}, "ckpt.pt")
+        ...
+        rng_fork.set_rng_state(torch.load("ckpt.pt", weights_only=True)["rng"])
+    """
+
+    __slots__ = ("_parts",)
+    _parts: dict[str, tuple[str, Part]]
+
+    def __init__(self, parts: Mapping[str, tuple[str, Part]]) -> None:
+        checked: dict[str, tuple[str, Part]] = {}
+        for name, entry in parts.items():
+            if not isinstance(name, str):
+                raise TypeError(f"RNG source names are strings, not {type(name).__name__}")
+            if not isinstance(entry, tuple) or len(entry) != 2:
+                raise TypeError(f"RNG source {name!r}: expected a (type, state) pair")
+            tag, part = entry
+            codec = codec_for(tag) if isinstance(tag, str) else None
+            if codec is None:
+                raise ValueError(f"RNG source {name!r}: unknown state type {tag!r}")
+            try:
+                checked[name] = (tag, codec.check(part))
+            except (TypeError, ValueError) as exc:
+                raise _named(name, exc) from None
+        object.__setattr__(self, "_parts", checked)
+
+    @classmethod
+    def capture(cls, generators: Iterable[object] = ()) -> RngState:
+        """A snapshot of every default source and of ``generators``; see :func:`get_rng_state`."""
+        sources = live_sources(None, generator_sources(generators))
+        return cls._trusted({s.name: (s.codec.tag, s.capture()) for s in sources})
+
+    @classmethod
+    def _trusted(cls, parts: dict[str, tuple[str, Part]]) -> RngState:
+        state = object.__new__(cls)
+        object.__setattr__(state, "_parts", parts)
+        return state
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The sources this snapshot holds, in capture order."""
+        return tuple(self._parts)
+
+    def part(self, name: str) -> Part:
+        """The raw captured state of one source (its codec's format)."""
+        return self._parts[name][1]
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError("RngState is immutable")
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, RngState):
+            return NotImplemented
+        return self._parts == other._parts
+
+    def __hash__(self) -> int:
+        return hash(tuple(self._parts.items()))
+
+    def __repr__(self) -> str:
+        return f"RngState({', '.join(self._parts)})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (RngState, (self._parts,))
+
+    def state_dict(self) -> dict[str, dict[str, Any]]:
+        """Plain checkpoint data: ``{name: {"type": tag, ...}}``.
+
+        It holds only tensors, ints, floats, bools, strings, lists and dicts, so
+        ``torch.load(..., weights_only=True)`` reads a saved one back.
+
+        Example::
+
+            sd = rng_fork.get_rng_state().state_dict()
+            sorted(sd)   # ['numpy', 'python', 'torch']
+        """
+        result: dict[str, dict[str, Any]] = {}
+        for name, (tag, part) in self._parts.items():
+            codec = codec_for(tag)
+            assert codec is not None  # checked when the snapshot was made
+            result[name] = {"type": tag, **codec.to_plain(part)}
+        return result
+
+    @classmethod
+    def from_state_dict(cls, state_dict: Mapping[str, Any]) -> RngState:
+        """Rebuild a snapshot from :meth:`state_dict` output, validating every part.
+
+        Raises ``TypeError`` or ``ValueError`` naming the source for anything malformed.
+        """
+        if not isinstance(state_dict, Mapping):
+            raise TypeError(f"an RNG state dict must be a mapping, not {type(state_dict).__name__}")
+        parts: dict[str, tuple[str, Part]] = {}
+        for name, plain in state_dict.items():
+            if not isinstance(name, str):
+                raise TypeError(f"RNG source names are strings, not {type(name).__name__}")
+            if not isinstance(plain, Mapping):
+                raise TypeError(f"RNG source {name!r}: expected a dict, not {type(plain).__name__}")
+            tag = plain.get("type")
+            codec = codec_for(tag) if isinstance(tag, str) else None
+            if codec is None:
+                raise ValueError(f"RNG source {name!r}: unknown state type {tag!r}")
+            try:
+                parts[name] = (codec.tag, codec.from_plain(plain))
+            except (TypeError, ValueError) as exc:
+                raise _named(name, exc) from None
+        return cls._trusted(parts)
+
+
+def get_rng_state(*, generators: Iterable[object] = ()) -> RngState:
+    """Snapshot every default RNG source, plus the objects in ``generators``.
+
+    Default sources: Python's ``random``, NumPy's legacy global generator,
+    torch's CPU generator and, only while CUDA is initialized, every CUDA
+    device's. Capturing never initializes CUDA.
+
+    Example::
+
+        state = rng_fork.get_rng_state()
+        a = torch.rand(3)
+        rng_fork.set_rng_state(state)
+        assert torch.equal(torch.rand(3), a)
+    """
+    return RngState.capture(generators)
+
+
+def set_rng_state(
+    state: RngState | Mapping[str, Any], *, generators: Iterable[object] = (), strict: bool = True
+) -> None:
+    """Put every source back to ``state`` (an :class:`RngState` or its ``state_dict()``).
+
+    Every part is validated before any generator changes: a wrong type, a wrong
+    length, an unknown source or (with ``strict``) a missing one raises
+    ``TypeError`` or ``ValueError`` naming the source, and nothing is touched.
+    Parts named ``generator:N`` go into the objects passed as ``generators=``,
+    matched in the order :func:`get_rng_state` named them. A CUDA part restored
+    while CUDA is not initialized is queued for its initialization, as
+    ``torch.cuda.set_rng_state`` does.
+
+    Example::
+
+        rng_fork.set_rng_state(checkpoint["rng"], generators=[loader])
+    """
+    if isinstance(state, Mapping):
+        state = RngState.from_state_dict(state)
+    elif not isinstance(state, RngState):
+        raise TypeError(f"set_rng_state takes an RngState or its state_dict(), not {type(state).__name__}")
+    extra = {source.name: source for source in generator_sources(generators)}
+    entries: list[tuple[RngSource, Part]] = []
+    for name, (tag, part) in state._parts.items():
+        target = _target(name, extra)
+        if target.codec.tag != tag:
+            raise ValueError(f"RNG source {name!r}: a {tag} state cannot go into it (it takes {target.codec.tag})")
+        try:
+            target.check_target(part)
+        except (TypeError, ValueError) as exc:
+            raise _named(name, exc) from None
+        entries.append((target, part))
+    if strict:
+        expected = [s.name for s in live_sources(None)] + list(extra)
+        missing = [name for name in expected if name not in state._parts]
+        if missing:
+            raise ValueError(
+                f"the state has no part for RNG source(s) {', '.join(map(repr, missing))}; "
+                "pass strict=False to restore only the parts it has"
+            )
+    restore_all(entries)
+
+
+def _target(name: str, extra: Mapping[str, RngSource]) -> RngSource:
+    if name.partition(":")[0] == GENERATOR_PREFIX:
+        if name not in extra:
+            raise ValueError(
+                f"RNG source {name!r} is a generator object: pass it (in the same order) as generators="
+            )
+        return extra[name]
+    family = source_family(name)
+    target = family.resolve(name) if family is not None else None
+    if target is None:
+        raise ValueError(f"RNG source {name!r} does not exist in this process")
+    return target
+
+
+def seed_all(seed: int) -> None:
+    """Seed every default source (Python, NumPy, torch, every CUDA device) from ``seed``.
+
+    ``seed`` must be an int in ``[0, 2**32)``. CUDA is seeded lazily if it is
+    not initialized, as ``torch.manual_seed`` does.
+
+    Example::
+
+        rng_fork.seed_all(0)
+    """
+    checked = check_seed(seed, allow_none=False)
+    assert checked is not None
+    for source in registered_sources():
+        source.seed(checked)
+
+
+__all__ = ["RngState", "get_rng_state", "seed_all", "set_rng_state"]
