@@ -28,9 +28,10 @@ class LazyDeviceSource(RngSource):
     ``_lazy_seed_tracker``, which lets tests stand one in on the CPU.
     """
 
-    def __init__(self, name: str, module: ModuleType | Any) -> None:
+    def __init__(self, name: str, module: ModuleType | Any, *, device_type: str | None = None) -> None:
         self.name = name
         self.module = module
+        self.device_type = device_type or name
         self.codec = TorchGeneratorSource.codec
 
     def available(self) -> bool:
@@ -41,9 +42,11 @@ class LazyDeviceSource(RngSource):
         return int(self.module.device_count())
 
     def check_devices(self, devices: Sequence[int]) -> None:
-        if not devices:
+        # A backend with no devices at all is skipped, so code written with
+        # devices=[0] also runs on a machine without that accelerator.
+        count = self.device_count() if devices else 0
+        if not count:
             return
-        count = self.device_count()
         missing = [i for i in devices if i >= count]
         if missing:
             raise ValueError(f"{self.name} has {count} device(s); no device {missing[0]} to fork")
@@ -66,7 +69,7 @@ class LazyDeviceSource(RngSource):
             generators = self.module.default_generators
             return TorchGeneratorSource(name, generators[device]) if device < len(generators) else None
         if device < self.device_count():
-            return _QueuedDeviceSource(name, self.module, device)
+            return _QueuedDeviceSource(name, self.module, device, self.device_type)
         return None
 
     def capture(self) -> Any:
@@ -91,10 +94,11 @@ class LazyDeviceSource(RngSource):
 class _QueuedDeviceSource(TorchGeneratorSource):
     """A device of an uninitialized runtime: restoring it queues the state for initialization."""
 
-    def __init__(self, name: str, module: Any, device: int) -> None:
+    def __init__(self, name: str, module: Any, device: int, device_type: str) -> None:
         self.name = name
         self.module = module
         self.device = device
+        self.device_type = device_type
 
     def capture(self) -> Any:
         raise TypeError(f"capturing {self.name} would initialize its runtime")
@@ -107,7 +111,7 @@ class _QueuedDeviceSource(TorchGeneratorSource):
         raise TypeError(f"seeding {self.name} alone would initialize its runtime")
 
     def check_target(self, part: Any) -> None:
-        if part[0] != self.name.partition(":")[0]:
+        if part[0] != self.device_type:
             raise ValueError(f"a {part[0]} generator state cannot go into {self.name}")
 
 
@@ -173,8 +177,13 @@ class _LazyInitGuard:
         if self._fresh is None:
             return
         generators = module.default_generators
+        # The queued seeds reach every device; devices outside the fork keep
+        # what the block did to them.
+        unforked = {i: g.get_state() for i, g in enumerate(generators) if i not in self._fresh}
         for i, state in self._fresh.items():
             generators[i].set_state(state)
         for entry in call_order:
             if entry:
                 entry[0]()
+        for i, state in unforked.items():
+            generators[i].set_state(state)

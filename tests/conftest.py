@@ -1,0 +1,50 @@
+"""Shared fixtures: a known starting state for every global generator."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import pytest
+import torch
+
+HAS_CUDA = torch.cuda.is_available()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if HAS_CUDA:
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
+def seed_globals(seed: int) -> None:
+    """Seed every global generator the way a training script would."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def draw_all() -> tuple[float, float, list[float]]:
+    """One draw from each global CPU generator, gaussian caches included."""
+    return (random.gauss(0, 1), float(np.random.randn()), torch.randn(3).tolist())
+
+
+@pytest.fixture(autouse=True)
+def _seeded() -> Iterator[None]:
+    seed_globals(1234)
+    yield
+
+
+@pytest.fixture
+def reference() -> Callable[[Callable[[], object]], object]:
+    """Run a function from the fixture's starting state and return what it gives."""
+
+    def run(fn: Callable[[], object]) -> object:
+        seed_globals(1234)
+        return fn()
+
+    return run

@@ -1,0 +1,293 @@
+"""fork_rng: the block is invisible to the code after it."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+import rng_fork
+from rng_fork import fork_rng
+
+from .conftest import draw_all, seed_globals
+
+
+def test_block_is_invisible() -> None:
+    expected = draw_all()
+    seed_globals(1234)
+    with fork_rng():
+        draw_all()
+        torch.rand(100)
+        np.random.rand(7)
+        random.random()
+    assert draw_all() == expected
+
+
+def test_block_starts_from_current_state() -> None:
+    expected = draw_all()
+    seed_globals(1234)
+    with fork_rng():
+        assert draw_all() == expected
+
+
+@pytest.mark.parametrize("odd", [1, 3, 5])
+def test_gaussian_caches_after_odd_draws(odd: int) -> None:
+    def program() -> list[object]:
+        out: list[object] = []
+        for _ in range(odd):
+            out += [random.gauss(0, 1), float(np.random.randn()), torch.randn(1).item()]
+        with fork_rng():
+            for _ in range(odd):
+                random.gauss(0, 1)
+                np.random.randn()
+                torch.randn(1)
+        out += [random.gauss(0, 1), float(np.random.randn()), np.random.standard_normal(), torch.randn(5).tolist()]
+        return out
+
+    def without_block() -> list[object]:
+        out: list[object] = []
+        for _ in range(odd):
+            out += [random.gauss(0, 1), float(np.random.randn()), torch.randn(1).item()]
+        out += [random.gauss(0, 1), float(np.random.randn()), np.random.standard_normal(), torch.randn(5).tolist()]
+        return out
+
+    seed_globals(5)
+    got = program()
+    seed_globals(5)
+    assert got == without_block()
+
+
+def test_legacy_gauss_cache_only_change_is_restored() -> None:
+    np.random.randn()  # fills the cache
+    before = np.random.get_state()
+    with fork_rng():
+        np.random.randn()  # empties the cache, MT state unchanged
+    after = np.random.get_state()
+    assert after[3] == before[3] == 1
+    assert after[4] == before[4]
+
+
+def test_seeded_block_is_deterministic_and_invisible() -> None:
+    expected = draw_all()
+    inside = []
+    for start in (1234, 99):
+        seed_globals(start)
+        with fork_rng(seed=7):
+            inside.append(draw_all())
+    assert inside[0] == inside[1]
+    seed_globals(1234)
+    with fork_rng(seed=7):
+        draw_all()
+    assert draw_all() == expected
+
+
+def test_seed_matches_plain_seeding() -> None:
+    with fork_rng(seed=11):
+        got = draw_all()
+    seed_globals(11)
+    assert got == draw_all()
+
+
+def test_exception_restores_and_propagates() -> None:
+    expected = draw_all()
+    seed_globals(1234)
+    with pytest.raises(ZeroDivisionError):
+        with fork_rng():
+            draw_all()
+            1 / 0  # noqa: B018
+    assert draw_all() == expected
+
+
+def test_keyboard_interrupt_restores() -> None:
+    expected = draw_all()
+    seed_globals(1234)
+    with pytest.raises(KeyboardInterrupt):
+        with fork_rng():
+            draw_all()
+            raise KeyboardInterrupt
+    assert draw_all() == expected
+
+
+def test_reuse_and_nesting() -> None:
+    fork = fork_rng()
+    expected = draw_all()
+    seed_globals(1234)
+    with fork:
+        draw_all()
+    with fork:
+        draw_all()
+        with fork:
+            torch.rand(3)
+            with fork_rng(seed=3):
+                with fork:
+                    random.random()
+                np.random.rand()
+        random.random()
+    assert draw_all() == expected
+
+
+def test_nested_inner_restores_to_outer_block_state() -> None:
+    with fork_rng(seed=1):
+        expected = draw_all()
+    with fork_rng(seed=1):
+        with fork_rng():
+            draw_all()
+        assert draw_all() == expected
+
+
+def test_enabled_false_is_a_plain_block() -> None:
+    with fork_rng(enabled=False):
+        first = draw_all()
+    seed_globals(1234)
+    draw_all()
+    assert draw_all() != first
+    seed_globals(1234)
+    with fork_rng(enabled=False):
+        draw_all()
+    second = draw_all()
+    seed_globals(1234)
+    draw_all()
+    assert draw_all() == second
+
+
+@pytest.mark.parametrize("seed", [True, 1.0, "1", np.int64(1)])
+def test_non_int_seed_is_type_error(seed: object) -> None:
+    before = rng_fork.get_rng_state()
+    with pytest.raises(TypeError, match="seed"):
+        fork_rng(seed=seed)  # type: ignore[arg-type]
+    assert rng_fork.get_rng_state() == before
+
+
+@pytest.mark.parametrize("seed", [-1, 2**32, 2**64])
+def test_out_of_range_seed_is_value_error(seed: int) -> None:
+    with pytest.raises(ValueError, match=r"\[0, 2\*\*32\)"):
+        fork_rng(seed=seed)
+
+
+def test_bounds_of_seed_are_accepted() -> None:
+    for seed in (0, 2**32 - 1):
+        with fork_rng(seed=seed):
+            draw_all()
+
+
+@pytest.mark.parametrize("bad", [object(), "gen", 3, [torch.rand(2)], random.SystemRandom()])
+def test_bad_generators_are_type_errors_naming_the_type(bad: object) -> None:
+    generators = bad if isinstance(bad, list) else [bad]
+    with pytest.raises(TypeError) as info:
+        fork_rng(generators=generators)
+    name = type(generators[0]).__qualname__ if not isinstance(bad, random.SystemRandom) else "SystemRandom"
+    assert name in str(info.value)
+
+
+def test_generators_must_be_iterable() -> None:
+    with pytest.raises(TypeError, match="iterable"):
+        fork_rng(generators=torch.Generator())  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("devices", "error"),
+    [("cuda:0", TypeError), ([True], TypeError), ([1.5], TypeError), ([-1], ValueError), (["cuda"], ValueError)],
+)
+def test_bad_devices(devices: object, error: type[Exception]) -> None:
+    with pytest.raises(error):
+        fork_rng(devices=devices)  # type: ignore[arg-type]
+
+
+def test_devices_of_an_absent_backend_are_ignored() -> None:
+    if torch.cuda.device_count():
+        pytest.skip("this machine has CUDA devices")
+    expected = draw_all()
+    seed_globals(1234)
+    with fork_rng(devices=[0]):
+        draw_all()
+    assert draw_all() == expected
+
+
+@pytest.mark.cuda
+def test_missing_device_raises_before_anything_changes() -> None:
+    count = torch.cuda.device_count()
+    before = rng_fork.get_rng_state()
+    with pytest.raises(ValueError, match=f"no device {count}"):
+        with fork_rng(devices=[count], seed=3):
+            pass
+    assert rng_fork.get_rng_state() == before
+
+
+def test_empty_devices_forks_the_cpu_sources() -> None:
+    expected = draw_all()
+    seed_globals(1234)
+    with fork_rng(devices=[]):
+        draw_all()
+    assert draw_all() == expected
+
+
+def test_generator_objects_are_forked() -> None:
+    tg = torch.Generator().manual_seed(1)
+    ng = np.random.default_rng(2)
+    rs = np.random.RandomState(3)
+    pr = random.Random(4)
+    bg = np.random.PCG64(5)
+
+    def draws() -> list[object]:
+        return [
+            torch.rand(2, generator=tg).tolist(),
+            ng.normal(),
+            rs.randn(),
+            pr.gauss(0, 1),
+            float(bg.random_raw()),
+        ]
+
+    before = [draws() for _ in range(1)]
+    del before
+    expected_state = rng_fork.get_rng_state(generators=[tg, ng, rs, pr, bg])
+    with fork_rng(generators=[tg, ng, rs, pr, bg]):
+        draws()
+        draws()
+    assert rng_fork.get_rng_state(generators=[tg, ng, rs, pr, bg]) == expected_state
+
+
+def test_seed_reaches_generator_objects() -> None:
+    tg = torch.Generator()
+    ng = np.random.default_rng()
+    pr = random.Random()
+    rs = np.random.RandomState()
+    with fork_rng(seed=9, generators=[tg, ng, pr, rs]):
+        got = [torch.rand(1, generator=tg).item(), ng.random(), pr.random(), rs.rand()]
+    expected = [
+        torch.rand(1, generator=torch.Generator().manual_seed(9)).item(),
+        np.random.Generator(np.random.PCG64(9)).random(),
+        random.Random(9).random(),
+        np.random.RandomState(9).rand(),
+    ]
+    assert got == expected
+
+
+def test_restore_failure_restores_the_rest_and_chains(monkeypatch: pytest.MonkeyPatch) -> None:
+    from rng_fork.sources.objects import RandomStateSource
+
+    expected = draw_all()
+    seed_globals(1234)
+    real_restore = RandomStateSource.restore
+
+    def broken(self: RandomStateSource, part: object) -> None:
+        raise OSError("disk on fire")
+
+    with pytest.raises(rng_fork.RngRestoreError) as info:
+        with fork_rng():
+            draw_all()
+            monkeypatch.setattr(RandomStateSource, "restore", broken)
+            raise ValueError("block failed")
+    monkeypatch.setattr(RandomStateSource, "restore", real_restore)
+    assert list(info.value.failures) == ["numpy"]
+    assert "disk on fire" in str(info.value)
+    assert isinstance(info.value.__cause__, ValueError)
+    got = draw_all()
+    # Python and torch were restored although NumPy failed.
+    assert got[0] == expected[0] and got[2] == expected[2]
+    assert got[1] != expected[1]
+
+
+def test_repr() -> None:
+    assert "seed=3" in repr(fork_rng(seed=3))

@@ -1,0 +1,223 @@
+"""RngState snapshots, state_dict checkpoints and set_rng_state validation."""
+
+from __future__ import annotations
+
+import copy
+import io
+import pickle
+import random
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+import rng_fork
+from rng_fork import RngState, get_rng_state, set_rng_state
+
+from .conftest import draw_all, seed_globals
+
+PLAIN_TYPES = (torch.Tensor, int, float, bool, str)
+
+
+def _plain_only(value: Any) -> bool:
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _plain_only(v) for k, v in value.items())
+    if isinstance(value, list):
+        return all(_plain_only(v) for v in value)
+    return isinstance(value, PLAIN_TYPES)
+
+
+def test_names_and_repr() -> None:
+    state = get_rng_state()
+    assert state.names == ("python", "numpy", "torch")
+    assert repr(state) == "RngState(python, numpy, torch)"
+
+
+def test_restores_every_source() -> None:
+    random.gauss(0, 1)
+    np.random.randn()
+    state = get_rng_state()
+    expected = draw_all()
+    draw_all()
+    set_rng_state(state)
+    assert draw_all() == expected
+
+
+def test_equality_hash_and_immutability() -> None:
+    a = get_rng_state()
+    b = get_rng_state()
+    assert a == b and hash(a) == hash(b)
+    torch.rand(1)
+    assert get_rng_state() != a
+    assert a != "state"
+    with pytest.raises(AttributeError):
+        a.x = 1  # type: ignore[attr-defined]
+
+
+def test_pickle_and_deepcopy() -> None:
+    state = get_rng_state(generators=[np.random.default_rng(3), torch.Generator()])
+    assert pickle.loads(pickle.dumps(state)) == state
+    assert copy.deepcopy(state) == state
+
+
+def test_state_dict_is_plain_and_round_trips() -> None:
+    tg = torch.Generator().manual_seed(3)
+    gens = [tg, np.random.default_rng(1), np.random.Generator(np.random.MT19937(2)), random.Random(5)]
+    random.gauss(0, 1)
+    state = get_rng_state(generators=gens)
+    sd = state.state_dict()
+    assert list(sd) == ["python", "numpy", "torch", "generator:0", "generator:1", "generator:2", "generator:3"]
+    assert _plain_only(sd)
+    assert sd["python"]["has_gauss"] is True
+    assert RngState.from_state_dict(sd) == state
+
+
+def test_torch_save_load_weights_only() -> None:
+    loader_gen = torch.Generator().manual_seed(0)
+    np.random.randn()
+    state = get_rng_state(generators=[loader_gen, np.random.default_rng(7)])
+    buffer = io.BytesIO()
+    torch.save({"rng": state.state_dict()}, buffer)
+    expected = draw_all(), torch.rand(2, generator=loader_gen).tolist()
+    draw_all()
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=True)["rng"]
+    set_rng_state(loaded, generators=[loader_gen, np.random.default_rng()])
+    assert (draw_all(), torch.rand(2, generator=loader_gen).tolist()) == expected
+
+
+def test_generator_parts_need_the_generators() -> None:
+    tg = torch.Generator()
+    state = get_rng_state(generators=[tg])
+    with pytest.raises(ValueError, match="generator:0"):
+        set_rng_state(state)
+    with pytest.raises(ValueError, match="generator:0.*a cpu generator|cannot go into"):
+        set_rng_state(state, generators=[random.Random()])
+
+
+def test_generator_type_mismatch_names_the_source() -> None:
+    state = get_rng_state(generators=[np.random.default_rng(1)])
+    with pytest.raises(ValueError, match="generator:0.*PCG64.*MT19937"):
+        set_rng_state(state, generators=[np.random.Generator(np.random.MT19937(1))])
+
+
+def _corruptions() -> list[tuple[str, Any, type[Exception], str]]:
+    def sd() -> dict[str, Any]:
+        return get_rng_state().state_dict()
+
+    cases: list[tuple[str, Any, type[Exception], str]] = []
+    d = sd()
+    d["torch"]["state"] = d["torch"]["state"][:-1]
+    cases.append(("short torch state", d, ValueError, "torch"))
+    d = sd()
+    d["torch"]["state"] = d["torch"]["state"].float()
+    cases.append(("float torch state", d, TypeError, "torch"))
+    d = sd()
+    d["python"]["words"] = d["python"]["words"][:10]
+    cases.append(("short python words", d, ValueError, "python"))
+    d = sd()
+    d["python"]["index"] = 625
+    cases.append(("python index out of range", d, ValueError, "python"))
+    d = sd()
+    d["numpy"]["key"][3] = 2**32
+    cases.append(("numpy word out of range", d, ValueError, "numpy"))
+    d = sd()
+    d["numpy"]["pos"] = -1
+    cases.append(("numpy pos out of range", d, ValueError, "numpy"))
+    d = sd()
+    del d["numpy"]["gauss"]
+    cases.append(("numpy entry missing", d, ValueError, "numpy"))
+    d = sd()
+    d["numpy"]["has_gauss"] = 1
+    cases.append(("numpy has_gauss not a bool", d, TypeError, "numpy"))
+    d = sd()
+    d["python"]["gauss"] = float("nan")
+    d["python"]["has_gauss"] = True
+    cases.append(("python gauss not finite", d, ValueError, "python"))
+    d = sd()
+    d["jax"] = {"type": "jax.Key", "value": 1}
+    cases.append(("unknown type", d, ValueError, "jax"))
+    d = sd()
+    d["cuda:7"] = d["torch"]
+    cases.append(("source that does not exist", d, ValueError, "cuda:7"))
+    d = sd()
+    del d["numpy"]
+    cases.append(("missing source", d, ValueError, "numpy"))
+    d = sd()
+    d["torch"] = [1, 2]
+    cases.append(("part not a dict", d, TypeError, "torch"))
+    d = sd()
+    d["torch"]["type"] = "random.Random"
+    cases.append(("wrong type for the source", d, ValueError, "torch"))
+    cases.append(("not a mapping", [1, 2], TypeError, "RngState"))
+    return cases
+
+
+@pytest.mark.parametrize(("what", "bad", "error", "name"), _corruptions(), ids=[c[0] for c in _corruptions()])
+def test_corrupt_state_changes_nothing(what: str, bad: Any, error: type[Exception], name: str) -> None:
+    draw_all()  # move away from a freshly seeded state
+    before = get_rng_state()
+    with pytest.raises(error, match=name):
+        set_rng_state(bad)
+    assert get_rng_state() == before
+
+
+def test_corrupt_torch_content_is_caught_before_anything_changes() -> None:
+    sd = get_rng_state().state_dict()
+    sd["torch"]["state"] = torch.full_like(sd["torch"]["state"], 255)
+    before = get_rng_state()
+    try:
+        set_rng_state(sd)
+    except (TypeError, ValueError, RuntimeError):
+        assert get_rng_state() == before
+    else:  # torch accepted the bytes: then they must have been restored exactly
+        assert get_rng_state().state_dict()["torch"]["state"].equal(sd["torch"]["state"])
+
+
+def test_strict_false_restores_what_is_there() -> None:
+    expected = draw_all()
+    seed_globals(1234)
+    sd = get_rng_state().state_dict()
+    del sd["numpy"]
+    draw_all()
+    set_rng_state(sd, strict=False)
+    got = draw_all()
+    assert got[0] == expected[0] and got[2] == expected[2] and got[1] != expected[1]
+
+
+def test_constructor_validates_parts() -> None:
+    with pytest.raises(ValueError, match="'torch'.*5056|'torch'.*bytes"):
+        RngState({"torch": ("torch.Generator", ("cpu", b"123"))})
+    with pytest.raises(ValueError, match="unknown state type"):
+        RngState({"x": ("nope", 1)})
+
+
+def test_set_rng_state_rejects_other_types() -> None:
+    with pytest.raises(TypeError, match="RngState"):
+        set_rng_state(42)  # type: ignore[arg-type]
+
+
+def test_seed_all_matches_manual_seeding_and_validates() -> None:
+    rng_fork.seed_all(21)
+    got = draw_all()
+    seed_globals(21)
+    assert got == draw_all()
+    with pytest.raises(TypeError):
+        rng_fork.seed_all(None)  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        rng_fork.seed_all(2**32)
+
+
+def test_capture_never_initializes_cuda() -> None:
+    get_rng_state()
+    with rng_fork.fork_rng(seed=1):
+        pass
+    assert not torch.cuda.is_initialized()
+
+
+def test_info_lists_the_sources() -> None:
+    names = [entry["name"] for entry in rng_fork.info()]
+    assert names[:4] == ["python", "numpy", "torch", "cuda"]
+    cuda = next(entry for entry in rng_fork.info() if entry["name"] == "cuda")
+    assert cuda["initialized"] == torch.cuda.is_initialized()
