@@ -139,7 +139,7 @@ def test_set_rng_state_queues_device_parts(fake: FakeLazyBackend) -> None:
 
 
 def test_missing_device_index(fake: FakeLazyBackend) -> None:
-    with pytest.raises(ValueError, match="fake has 2 device"):
+    with pytest.raises(ValueError, match=r"has \d device\(s\); no device 2 to fork"):
         with fork_rng(devices=[2]):
             pass
     sd = rng_fork.get_rng_state().state_dict()
