@@ -5,9 +5,11 @@ initialized CUDA device's RNG state, runs the block and puts them back exactly,
 without ever initializing CUDA.
 """
 
-from .errors import RngRestoreError
+from .detect import assert_untouched, diff
+from .errors import RngForkWarning, RngRestoreError, RngTouchedError
 from .fork import fork_rng
 from .info import info
+from .isolate import RngStream, isolated
 from .sources import Codec, PlainCodec, RngSource, register_source, registered_sources, unregister_source
 from .state import RngState, get_rng_state, seed_all, set_rng_state
 
@@ -16,12 +18,18 @@ __version__ = "0.1.0"
 __all__ = [
     "Codec",
     "PlainCodec",
+    "RngForkWarning",
     "RngRestoreError",
     "RngSource",
     "RngState",
+    "RngStream",
+    "RngTouchedError",
+    "assert_untouched",
+    "diff",
     "fork_rng",
     "get_rng_state",
     "info",
+    "isolated",
     "register_source",
     "registered_sources",
     "seed_all",

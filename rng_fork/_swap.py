@@ -7,9 +7,11 @@ back, restoring every source even when one fails.
 
 from __future__ import annotations
 
+import threading
+import warnings
 from collections.abc import Iterable, Sequence
 
-from .errors import RngRestoreError
+from .errors import RngForkWarning, RngRestoreError
 from .sources import LazyGuard, Part, RngSource, registered_sources
 
 
@@ -88,3 +90,59 @@ class Capture:
     def restore(self) -> None:
         """Put every captured source back, and undo what happened to guarded runtimes."""
         restore_all(self.entries, self.guards)
+
+
+# Forks open per thread: the generators are process-wide, so a fork in one
+# thread while another thread has one open sees (and undoes) its draws.
+_open_forks: dict[int, int] = {}
+_warned_threads = False
+
+
+def _note_open() -> None:
+    global _warned_threads
+    me = threading.get_ident()
+    others = len(_open_forks) - (1 if me in _open_forks else 0)
+    if others > 0 and not _warned_threads:
+        _warned_threads = True
+        warnings.warn(
+            "rng_fork: a fork was entered while another thread has one open. The generators are "
+            "process-wide, so each thread's block sees the other's draws and the first to exit undoes "
+            "them; give each thread its own generator objects (generators=) instead.",
+            RngForkWarning,
+            stacklevel=4,
+        )
+    _open_forks[me] = _open_forks.get(me, 0) + 1
+
+
+def _note_closed() -> None:
+    me = threading.get_ident()
+    left = _open_forks.get(me, 1) - 1
+    if left:
+        _open_forks[me] = left
+    else:
+        _open_forks.pop(me, None)
+
+
+def enter(devices: Sequence[int] | None, extra: Sequence[RngSource], seed: int | None) -> Capture:
+    """Open a fork: capture (and guard) every source, then seed them if asked."""
+    _note_open()
+    try:
+        capture = Capture.take(devices, extra)
+        if seed is not None:
+            capture.seed(seed)
+    except BaseException:
+        _note_closed()
+        raise
+    return capture
+
+
+def leave(capture: Capture, exc: BaseException | None) -> None:
+    """Close a fork: restore everything; a failure is chained to the block's exception."""
+    try:
+        capture.restore()
+    except RngRestoreError as failure:
+        if exc is not None:
+            raise failure from exc
+        raise
+    finally:
+        _note_closed()

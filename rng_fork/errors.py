@@ -24,3 +24,24 @@ class RngRestoreError(RuntimeError):
         self.failures = dict(failures)
         detail = "; ".join(f"{name}: {type(exc).__name__}: {exc}" for name, exc in self.failures.items())
         super().__init__(f"could not restore the RNG state of {', '.join(self.failures)} ({detail})")
+
+
+class RngTouchedError(AssertionError):
+    """Raised by :func:`rng_fork.assert_untouched` when a block consumed randomness.
+
+    ``sources`` lists the names of the sources that changed.
+
+    Example::
+
+        with pytest.raises(RngTouchedError, match="torch"):
+            with assert_untouched():
+                torch.rand(1)
+    """
+
+    def __init__(self, sources: list[str]) -> None:
+        self.sources = list(sources)
+        super().__init__(f"the block consumed or changed randomness of: {', '.join(self.sources)}")
+
+
+class RngForkWarning(UserWarning):
+    """Warns of a use of rng_fork whose guarantee does not hold (forks in two threads at once)."""

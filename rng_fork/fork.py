@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import threading
+from collections.abc import Callable, Iterable
 from types import TracebackType
+from typing import Any, TypeVar
 
 from ._checks import check_devices, check_seed
-from ._swap import Capture
-from .errors import RngRestoreError
+from ._swap import Capture, enter, leave
 from .sources import generator_sources
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 class fork_rng:  # noqa: N801 - named like torch.random.fork_rng, which it replaces
@@ -54,13 +57,18 @@ class fork_rng:  # noqa: N801 - named like torch.random.fork_rng, which it repla
         self.enabled = enabled
         self.devices = check_devices(devices)
         self._extra = generator_sources(generators)
-        self._open: list[Capture | None] = []
+        # Per thread, so one fork_rng object can be open in several threads (and nested in each).
+        self._local = threading.local()
+
+    def _stack(self) -> list[Capture | None]:
+        try:
+            return self._local.open  # type: ignore[no-any-return]
+        except AttributeError:
+            self._local.open = []
+            return self._local.open  # type: ignore[no-any-return]
 
     def __enter__(self) -> fork_rng:
-        capture = Capture.take(self.devices, self._extra) if self.enabled else None
-        self._open.append(capture)
-        if capture is not None and self.seed is not None:
-            capture.seed(self.seed)
+        self._stack().append(enter(self.devices, self._extra, self.seed) if self.enabled else None)
         return self
 
     def __exit__(
@@ -69,16 +77,26 @@ class fork_rng:  # noqa: N801 - named like torch.random.fork_rng, which it repla
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        capture = self._open.pop()
-        if capture is None:
-            return
-        try:
-            capture.restore()
-        except RngRestoreError as failure:
-            if exc is not None:
-                # Chained to the block's own exception, so neither hides the other.
-                raise failure from exc
-            raise
+        capture = self._stack().pop()
+        if capture is not None:
+            leave(capture, exc)
+
+    def __call__(self, fn: F) -> F:
+        """Use as a decorator: every call (generator, coroutine) runs in its own fork.
+
+        The same as :func:`rng_fork.isolated` with this fork's arguments.
+
+        Example::
+
+            @fork_rng(seed=0)
+            def sample_images(model):
+                return model.sample(16)
+        """
+        from .isolate import isolate_checked
+
+        if not self.enabled:
+            return fn
+        return isolate_checked(fn, self.seed, self.devices, self._extra)
 
     def __repr__(self) -> str:
         return f"fork_rng(seed={self.seed}, enabled={self.enabled}, devices={self.devices})"

@@ -173,7 +173,18 @@ def set_rng_state(
         state = RngState.from_state_dict(state)
     elif not isinstance(state, RngState):
         raise TypeError(f"set_rng_state takes an RngState or its state_dict(), not {type(state).__name__}")
-    extra = {source.name: source for source in generator_sources(generators)}
+    restore_all(resolve_targets(state, generator_sources(generators), strict=strict))
+
+
+def resolve_targets(
+    state: RngState, generators: Iterable[RngSource], *, strict: bool
+) -> list[tuple[RngSource, Part]]:
+    """Pair each part of ``state`` with the live source it goes into, validating all of them.
+
+    Raises ``TypeError``/``ValueError`` naming the source for a part that has no
+    target, does not fit its target or (with ``strict``) is missing.
+    """
+    extra = {source.name: source for source in generators}
     entries: list[tuple[RngSource, Part]] = []
     for name, (tag, part) in state._parts.items():
         target = _target(name, extra)
@@ -192,7 +203,7 @@ def set_rng_state(
                 f"the state has no part for RNG source(s) {', '.join(map(repr, missing))}; "
                 "pass strict=False to restore only the parts it has"
             )
-    restore_all(entries)
+    return entries
 
 
 def _target(name: str, extra: Mapping[str, RngSource]) -> RngSource:

@@ -1,0 +1,94 @@
+"""Detecting code that consumes randomness: ``assert_untouched`` and ``diff``."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import threading
+from collections.abc import Callable, Iterable
+from types import TracebackType
+from typing import Any, TypeVar
+
+from .errors import RngTouchedError
+from .sources import generator_sources
+from .state import RngState
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def diff(a: RngState, b: RngState) -> list[str]:
+    """The names of the sources whose states differ between two snapshots.
+
+    A source present in only one of them counts as differing (CUDA initialized
+    in between, say).
+
+    Example::
+
+        before = get_rng_state()
+        torch.rand(1)
+        diff(before, get_rng_state())   # ['torch']
+    """
+    if not isinstance(a, RngState) or not isinstance(b, RngState):
+        raise TypeError(f"diff compares two RngState objects, not {type(a).__name__} and {type(b).__name__}")
+    names = list(dict.fromkeys(a.names + b.names))
+    return [name for name in names if name not in a.names or name not in b.names or a.part(name) != b.part(name)]
+
+
+class assert_untouched:  # noqa: N801 - used like a function, as contextlib's helpers are
+    """Raise :class:`RngTouchedError` if the block consumed or changed any RNG source.
+
+    For tests that promise "this logging code consumes no randomness". Works as
+    a context manager and as a decorator (on functions and coroutine functions).
+    The error names each source that changed: ``"python"``, ``"numpy"``,
+    ``"torch"``, ``"cuda:0"``, ``"generator:0"``, ...
+
+    Example::
+
+        with assert_untouched(generators=[train_loader]):
+            log_metrics(model)
+    """
+
+    def __init__(self, *, generators: Iterable[object] = ()) -> None:
+        self._generators = list(generators)
+        generator_sources(self._generators)  # bad objects fail here, not at exit
+        self._local = threading.local()
+
+    def _stack(self) -> list[RngState]:
+        if not hasattr(self._local, "open"):
+            self._local.open = []
+        return self._local.open  # type: ignore[no-any-return]
+
+    def __enter__(self) -> assert_untouched:
+        self._stack().append(RngState.capture(self._generators))
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        before = self._stack().pop()
+        if exc is not None:
+            return  # the block's own error matters more
+        changed = diff(before, RngState.capture(self._generators))
+        if changed:
+            raise RngTouchedError(changed)
+
+    def __call__(self, fn: F) -> F:
+        """Use as a decorator: each call must leave every source untouched."""
+        if inspect.iscoroutinefunction(fn):
+
+            @functools.wraps(fn)
+            async def checked_coroutine(*args: Any, **kwargs: Any) -> Any:
+                with self:
+                    return await fn(*args, **kwargs)
+
+            return checked_coroutine  # type: ignore[return-value]
+
+        @functools.wraps(fn)
+        def checked(*args: Any, **kwargs: Any) -> Any:
+            with self:
+                return fn(*args, **kwargs)
+
+        return checked  # type: ignore[return-value]

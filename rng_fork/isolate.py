@@ -1,0 +1,322 @@
+"""``@isolated`` and ``RngStream``: private randomness for functions, generators and coroutines.
+
+Both are built on one swap: save the caller's states, put the private ones in,
+run, save the private ones back and restore the caller's. A plain call swaps
+once; a generator or a coroutine swaps around every step, so the caller's
+streams never move, neither during nor between steps.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import threading
+from collections.abc import AsyncGenerator, Callable, Generator, Iterable
+from types import TracebackType
+from typing import Any, Protocol, TypeVar, cast, overload
+
+from ._checks import check_devices, check_seed
+from ._swap import Capture, enter, leave, restore_all
+from .sources import Part, RngSource, generator_sources
+
+F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
+
+
+class _Steppable(Protocol):
+    def send(self, value: Any, /) -> Any: ...
+    def throw(self, exc: BaseException, /) -> Any: ...
+    def close(self) -> Any: ...
+
+
+class RngStream:
+    """A persistent private random stream, entered with ``with`` or used as a decorator.
+
+    On each entry the stream's own state is swapped in; on exit it is saved back
+    and the caller's state restored. The first entry starts from ``seed`` or,
+    without one, from the caller's state at that moment. So an evaluation that
+    runs every epoch gets fresh but reproducible randomness each time, and
+    training never notices. Entering a stream that is already active (a
+    recursive call) just goes on drawing from it.
+
+    Example::
+
+        eval_rng = RngStream(seed=0)
+        for epoch in range(3):
+            train_one_epoch()
+            with eval_rng:
+                evaluate()              # new draws every epoch, same draws every run
+
+        @eval_rng
+        def log_samples(): ...
+
+        checkpoint["eval_rng"] = eval_rng.state_dict()
+    """
+
+    def __init__(
+        self,
+        seed: int | None = None,
+        *,
+        devices: Iterable[object] | None = None,
+        generators: Iterable[object] = (),
+    ) -> None:
+        self._setup(check_seed(seed), check_devices(devices), generator_sources(generators))
+
+    @classmethod
+    def _private(cls, seed: int | None, devices: tuple[int, ...] | None, extra: tuple[RngSource, ...]) -> RngStream:
+        """A stream from already checked arguments (one per isolated generator or coroutine)."""
+        stream = cls.__new__(cls)
+        stream._setup(seed, devices, extra)
+        return stream
+
+    def _setup(self, seed: int | None, devices: tuple[int, ...] | None, extra: tuple[RngSource, ...]) -> None:
+        self.seed = seed
+        self.devices = devices
+        self._extra = extra
+        self._own: list[tuple[RngSource, Part]] | None = None
+        self._callers: list[Capture] = []
+        self._lock = threading.RLock()
+
+    @property
+    def started(self) -> bool:
+        """Whether the stream has been entered (or loaded) at least once."""
+        return self._own is not None
+
+    def __enter__(self) -> RngStream:
+        with self._lock:
+            if self._callers:
+                self._callers.append(self._callers[-1])  # already active: keep drawing from it
+                return self
+            caller = enter(self.devices, self._extra, self.seed if self._own is None else None)
+            if self._own is not None:
+                try:
+                    restore_all(self._own)
+                except BaseException as exc:
+                    leave(caller, exc)
+                    raise
+            self._callers.append(caller)
+            return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        with self._lock:
+            caller = self._callers.pop()
+            if self._callers:
+                return
+            self._own = Capture.take(self.devices, self._extra, guard=False).entries
+            leave(caller, exc)
+
+    def __call__(self, fn: F) -> F:
+        """Decorate ``fn`` so every call (every generator or coroutine step) draws from this stream."""
+        return _wrap(fn, lambda: self, lambda: self)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The stream's state as plain checkpoint data (see :meth:`RngState.state_dict`).
+
+        A stream that has not started yet saves only its seed.
+        """
+        from .state import RngState
+
+        parts = None if self._own is None else RngState._trusted(
+            {s.name: (s.codec.tag, part) for s, part in self._own}
+        ).state_dict()
+        return {"seed": -1 if self.seed is None else self.seed, "started": parts is not None, "state": parts or {}}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Continue from a :meth:`state_dict`; validates it fully before changing anything.
+
+        Example::
+
+            eval_rng = RngStream(seed=0)
+            eval_rng.load_state_dict(checkpoint["eval_rng"])
+        """
+        from .state import RngState, resolve_targets
+
+        if not isinstance(state_dict, dict) or not {"seed", "started", "state"} <= set(state_dict):
+            raise ValueError("an RngStream state dict needs 'seed', 'started' and 'state' entries")
+        if self._callers:
+            raise RuntimeError("cannot load the state of an RngStream while it is active")
+        if not state_dict["started"]:
+            self._own = None
+            return
+        snapshot = RngState.from_state_dict(state_dict["state"])
+        self._own = resolve_targets(snapshot, self._extra, strict=False)
+
+    def __repr__(self) -> str:
+        return f"RngStream(seed={self.seed}, started={self.started})"
+
+
+@overload
+def isolated(fn: F, /) -> F: ...
+
+
+@overload
+def isolated(
+    fn: None = None,
+    /,
+    *,
+    seed: int | None = None,
+    devices: Iterable[object] | None = None,
+    generators: Iterable[object] = (),
+) -> Callable[[F], F]: ...
+
+
+def isolated(
+    fn: Any = None,
+    /,
+    *,
+    seed: int | None = None,
+    devices: Iterable[object] | None = None,
+    generators: Iterable[object] = (),
+) -> Any:
+    """Run every call of ``fn`` in its own fork of every RNG.
+
+    Usable as ``@isolated``, ``@isolated()`` and ``@isolated(seed=..., devices=..., generators=...)``,
+    with ``fork_rng``'s arguments and validation (bad arguments fail here).
+    Plain functions, methods, ``staticmethod``/``classmethod`` (in either order
+    of stacking) and other callables run each call in a fresh fork. Generator
+    functions, coroutine functions and async generator functions stay what they
+    are; each generator or coroutine runs on a private stream that starts from
+    the caller's state at its first step (or from ``seed``) and is swapped in at
+    every resumption and out at every suspension.
+
+    Example::
+
+        @isolated
+        def evaluate(model, loader): ...
+
+        @isolated(seed=0)
+        async def sample(model): ...
+    """
+    checked_seed = check_seed(seed)
+    checked_devices = check_devices(devices)
+    extra = generator_sources(generators)
+
+    def decorate(target: F) -> F:
+        return isolate_checked(target, checked_seed, checked_devices, extra)
+
+    return decorate if fn is None else decorate(fn)
+
+
+def isolate_checked(fn: F, seed: int | None, devices: tuple[int, ...] | None, extra: tuple[RngSource, ...]) -> F:
+    """``isolated`` for arguments that were already checked (``fork_rng`` as a decorator)."""
+    return _wrap(
+        fn, lambda: _Fork(devices, extra, seed), lambda: RngStream._private(seed, devices, extra)
+    )
+
+
+class _Fork:
+    """A one-shot fork: the light context for a plain call."""
+
+    __slots__ = ("capture", "devices", "extra", "seed")
+
+    def __init__(self, devices: tuple[int, ...] | None, extra: tuple[RngSource, ...], seed: int | None) -> None:
+        self.devices, self.extra, self.seed = devices, extra, seed
+
+    def __enter__(self) -> None:
+        self.capture = enter(self.devices, self.extra, self.seed)
+
+    def __exit__(self, exc_type: object, exc: BaseException | None, traceback: object) -> None:
+        leave(self.capture, exc)
+
+
+Context = Any  # anything with __enter__/__exit__
+
+
+def _wrap(fn: F, for_call: Callable[[], Context], for_steps: Callable[[], Context]) -> F:
+    """Wrap any callable so it runs in ``for_call()`` (plain) or steps in ``for_steps()``."""
+    return cast(F, _wrapper(fn, for_call, for_steps))
+
+
+def _wrapper(fn: Any, for_call: Callable[[], Context], for_steps: Callable[[], Context]) -> Any:
+    if isinstance(fn, (staticmethod, classmethod)):
+        return type(fn)(_wrapper(fn.__func__, for_call, for_steps))
+    if not callable(fn):
+        raise TypeError(f"can only isolate a callable, not {type(fn).__name__}")
+
+    if inspect.isasyncgenfunction(fn):
+
+        @functools.wraps(fn)
+        async def async_gen_wrapper(*args: Any, **kwargs: Any) -> AsyncGenerator[Any, Any]:
+            stream = for_steps()
+            agen = fn(*args, **kwargs)
+            step = agen.asend(None)
+            while True:
+                try:
+                    value = await _Stepped(step, stream)
+                except StopAsyncIteration:
+                    return
+                try:
+                    sent = yield value
+                except GeneratorExit:
+                    await _Stepped(agen.aclose(), stream)
+                    raise
+                except BaseException as exc:  # noqa: BLE001 - passed into the generator, as athrow does
+                    step = agen.athrow(exc)
+                else:
+                    step = agen.asend(sent)
+
+        return async_gen_wrapper
+
+    if inspect.iscoroutinefunction(fn):
+
+        @functools.wraps(fn)
+        async def coroutine_wrapper(*args: Any, **kwargs: Any) -> Any:
+            return await _Stepped(fn(*args, **kwargs), for_steps())
+
+        return coroutine_wrapper
+
+    if inspect.isgeneratorfunction(fn):
+
+        @functools.wraps(fn)
+        def generator_wrapper(*args: Any, **kwargs: Any) -> Generator[Any, Any, Any]:
+            return (yield from _steps(fn(*args, **kwargs), for_steps()))
+
+        return generator_wrapper
+
+    @functools.wraps(fn)
+    def call_wrapper(*args: Any, **kwargs: Any) -> Any:
+        with for_call():
+            return fn(*args, **kwargs)
+
+    return call_wrapper
+
+
+def _steps(inner: _Steppable, context: Context) -> Generator[Any, Any, Any]:
+    """Drive a generator or coroutine, running each step inside ``context``.
+
+    The values it yields (to the caller, or futures to the event loop) pass
+    through outside the context, so the caller's draws between steps are its own.
+    """
+    sent: Any = None
+    thrown: BaseException | None = None
+    while True:
+        with context:
+            try:
+                value = inner.throw(thrown) if thrown is not None else inner.send(sent)
+            except StopIteration as stop:
+                return stop.value
+        try:
+            sent, thrown = (yield value), None
+        except GeneratorExit:
+            with context:
+                inner.close()
+            raise
+        except BaseException as exc:  # noqa: BLE001 - thrown into the inner generator
+            sent, thrown = None, exc
+
+
+class _Stepped:
+    """An awaitable that steps a coroutine (or an async generator's asend) inside a context."""
+
+    __slots__ = ("context", "inner")
+
+    def __init__(self, inner: Any, context: Context) -> None:
+        self.inner, self.context = inner, context
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        return _steps(self.inner, self.context)
