@@ -188,3 +188,30 @@ def test_forked_dataloader_worker_with_uninitialized_parent() -> None:
         """
     )
     assert result == [0.0, False]
+
+
+def test_detector_names_cuda_devices() -> None:
+    torch.cuda.init()
+    with pytest.raises(rng_fork.RngTouchedError, match="cuda:0"):
+        with rng_fork.assert_untouched():
+            torch.rand(1, device="cuda")
+
+
+def test_isolated_and_stream_on_cuda() -> None:
+    torch.cuda.init()
+    stream = rng_fork.RngStream(seed=2)
+
+    @rng_fork.isolated(seed=1)
+    def sample() -> list[float]:
+        return torch.rand(3, device="cuda").tolist()
+
+    before = torch.cuda.get_rng_state()
+    first = sample()
+    with stream:
+        a = torch.rand(2, device="cuda").tolist()
+    with stream:
+        b = torch.rand(2, device="cuda").tolist()
+    assert torch.equal(torch.cuda.get_rng_state(), before)
+    assert first == sample()
+    torch.cuda.manual_seed(2)
+    assert a + b == torch.rand(4, device="cuda").tolist()

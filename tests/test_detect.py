@@ -1,0 +1,114 @@
+"""assert_untouched and diff."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+import torch
+
+import rng_fork
+from rng_fork import RngTouchedError, assert_untouched, diff, fork_rng, get_rng_state
+
+TOUCHES: dict[str, Callable[[], object]] = {
+    "python": random.random,
+    "numpy": np.random.rand,
+    "torch": lambda: torch.rand(1),
+}
+
+
+@pytest.mark.parametrize("source", list(TOUCHES))
+def test_each_source_is_detected(source: str) -> None:
+    before = get_rng_state()
+    with pytest.raises(RngTouchedError) as info:
+        with assert_untouched():
+            TOUCHES[source]()
+    assert info.value.sources == [source]
+    assert source in str(info.value)
+    assert isinstance(info.value, AssertionError)
+    assert diff(before, get_rng_state()) == [source]
+
+
+def test_gaussian_cache_change_is_detected() -> None:
+    np.random.randn()
+    with pytest.raises(RngTouchedError, match="numpy"):
+        with assert_untouched():
+            np.random.randn()  # only the cached Gaussian changes
+
+
+def test_several_sources_named_together() -> None:
+    with pytest.raises(RngTouchedError, match="python, numpy, torch"):
+        with assert_untouched():
+            for touch in TOUCHES.values():
+                touch()
+
+
+def test_generator_objects() -> None:
+    g = torch.Generator()
+    ng = np.random.default_rng(0)
+    with pytest.raises(RngTouchedError, match="generator:1"):
+        with assert_untouched(generators=[g, ng]):
+            ng.random()
+    with assert_untouched(generators=[g, ng]):
+        torch.rand(1, generator=torch.Generator())
+    with pytest.raises(TypeError):
+        assert_untouched(generators=[1])
+
+
+def test_clean_code_and_forked_code_pass() -> None:
+    with assert_untouched():
+        x = torch.ones(3) * 2
+        with fork_rng():
+            torch.rand(10)
+            random.random()
+    assert x.sum() == 6
+
+
+def test_reseeding_to_the_same_state_counts_as_untouched() -> None:
+    state = get_rng_state()
+    with assert_untouched():
+        torch.rand(1)
+        rng_fork.set_rng_state(state)
+
+
+def test_block_errors_win() -> None:
+    with pytest.raises(KeyError):
+        with assert_untouched():
+            torch.rand(1)
+            raise KeyError("mine")
+
+
+def test_as_decorator_sync_and_async() -> None:
+    @assert_untouched()
+    def log(x: int) -> int:
+        return x + 1
+
+    @assert_untouched()
+    def leaky() -> None:
+        torch.rand(1)
+
+    @assert_untouched()
+    async def async_leaky() -> None:
+        await asyncio.sleep(0)
+        np.random.rand()
+
+    assert log(1) == 2
+    with pytest.raises(RngTouchedError, match="torch"):
+        leaky()
+    with pytest.raises(RngTouchedError, match="numpy"):
+        asyncio.run(async_leaky())
+
+
+def test_diff() -> None:
+    a = get_rng_state()
+    assert diff(a, a) == []
+    random.random()
+    torch.rand(1)
+    assert diff(a, get_rng_state()) == ["python", "torch"]
+    with_gen = get_rng_state(generators=[torch.Generator()])
+    assert diff(get_rng_state(), with_gen) == ["generator:0"]
+    with pytest.raises(TypeError):
+        diff(a, {})  # type: ignore[arg-type]

@@ -1,0 +1,591 @@
+"""@isolated for every kind of callable, and RngStream."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import io
+import random
+import threading
+import warnings
+from collections.abc import AsyncIterator, Callable, Iterator
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import rng_fork
+from rng_fork import RngStream, fork_rng, isolated
+
+from .conftest import draw_all, seed_globals
+
+
+def _caller_after(action: Callable[[], object]) -> tuple[object, object]:
+    """What the caller draws after ``action``, and what it draws without it."""
+    seed_globals(1)
+    action()
+    got = draw_all()
+    seed_globals(1)
+    return got, draw_all()
+
+
+def _draws() -> float:
+    draw_all()
+    return torch.rand(1).item()
+
+
+@pytest.mark.parametrize("form", ["bare", "called", "seeded"])
+def test_decorator_forms(form: str) -> None:
+    if form == "bare":
+        fn = isolated(_draws)
+    elif form == "called":
+        fn = isolated()(_draws)
+    else:
+        fn = isolated(seed=4)(_draws)
+    got, expected = _caller_after(fn)
+    assert got == expected
+
+
+def test_seeded_calls_repeat() -> None:
+    fn = isolated(seed=4)(_draws)
+    assert fn() == fn()
+    # Unseeded, each call starts from the caller's state, which the calls never move.
+    assert isolated(_draws)() == isolated(_draws)()
+
+
+def test_unseeded_call_starts_from_caller_state() -> None:
+    seed_globals(1)
+    expected = _draws()
+    seed_globals(1)
+    assert isolated(_draws)() == expected
+
+
+def test_return_values_exceptions_and_metadata() -> None:
+    @isolated
+    def add(a: int, b: int = 2) -> int:
+        """Adds."""
+        torch.rand(1)
+        return a + b
+
+    @isolated
+    def fail() -> None:
+        torch.rand(1)
+        raise KeyError("x")
+
+    assert add(1) == 3
+    assert add.__name__ == "add" and add.__doc__ == "Adds."
+    assert str(inspect.signature(add)) == "(a: 'int', b: 'int' = 2) -> 'int'"
+    before = rng_fork.get_rng_state()
+    with pytest.raises(KeyError):
+        fail()
+    assert rng_fork.get_rng_state() == before
+
+
+def test_bad_arguments_fail_at_decoration() -> None:
+    with pytest.raises(TypeError):
+        isolated(seed=1.5)  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        isolated(seed=-1)
+    with pytest.raises(TypeError, match="object"):
+        isolated(generators=[object()])
+    with pytest.raises(TypeError, match="callable"):
+        isolated(3)  # type: ignore[call-overload]
+
+
+class Model:
+    def __init__(self) -> None:
+        self.calls = 0
+
+    @isolated
+    def method(self) -> float:
+        self.calls += 1
+        return _draws()
+
+    @isolated
+    @staticmethod
+    def static_outer() -> float:
+        return _draws()
+
+    @staticmethod
+    @isolated
+    def static_inner() -> float:
+        return _draws()
+
+    @isolated
+    @classmethod
+    def class_outer(cls) -> str:
+        _draws()
+        return cls.__name__
+
+    @classmethod
+    @isolated
+    def class_inner(cls) -> str:
+        _draws()
+        return cls.__name__
+
+
+@pytest.mark.parametrize("name", ["method", "static_outer", "static_inner", "class_outer", "class_inner"])
+def test_methods_static_and_class_methods(name: str) -> None:
+    model = Model()
+    got, expected = _caller_after(getattr(model, name))
+    assert got == expected
+    got, expected = _caller_after(getattr(Model, name) if name != "method" else lambda: Model.method(model))
+    assert got == expected
+    if name.startswith("class"):
+        assert getattr(Model, name)() == "Model"
+
+
+def test_partial_and_callable_objects_and_lru_cache() -> None:
+    class Sampler:
+        def __call__(self, n: int) -> list[float]:
+            return torch.rand(n).tolist()
+
+    for fn in (
+        isolated(functools.partial(lambda n: torch.rand(n).tolist(), 3)),
+        lambda: isolated(Sampler())(2),
+        isolated(functools.lru_cache(maxsize=None)(lambda: _draws())),
+        functools.lru_cache(maxsize=None)(isolated(lambda: _draws())),
+    ):
+        got, expected = _caller_after(fn)
+        assert got == expected
+
+
+def test_fork_rng_as_a_decorator() -> None:
+    @fork_rng(seed=2)
+    def sample() -> float:
+        return _draws()
+
+    got, expected = _caller_after(sample)
+    assert got == expected
+    assert sample() == sample()
+    assert fork_rng(enabled=False)(_draws) is _draws
+
+
+# --- generators ----------------------------------------------------------------
+
+
+@isolated
+def noisy_counter(n: int) -> Iterator[float]:
+    for _ in range(n):
+        torch.rand(5)
+        np.random.rand()
+        yield random.random()
+    return
+
+
+def test_generator_function_stays_one() -> None:
+    assert inspect.isgeneratorfunction(noisy_counter)
+
+
+def test_generator_never_moves_the_caller() -> None:
+    def interleaved() -> list[object]:
+        out: list[object] = []
+        for value in noisy_counter(4):
+            out.append((value, draw_all()))
+        return out
+
+    seed_globals(1)
+    got = interleaved()
+    seed_globals(1)
+    expected_caller = [draw_all() for _ in range(4)]
+    assert [caller for _, caller in got] == expected_caller
+
+
+def test_generator_starts_from_caller_state_at_first_step() -> None:
+    @isolated
+    def gen() -> Iterator[float]:
+        while True:
+            yield torch.rand(1).item()
+
+    seed_globals(1)
+    g = gen()
+    torch.rand(2)  # before the first step: the generator starts after this
+    first = next(g)
+    seed_globals(1)
+    torch.rand(2)
+    assert first == torch.rand(1).item()
+    # and continues its own stream, ignoring the caller's draws in between
+    seed_globals(1)
+    torch.rand(2)
+    own = [torch.rand(1).item() for _ in range(3)]
+    seed_globals(1)
+    g = gen()
+    torch.rand(2)
+    seq = [next(g)]
+    torch.rand(100)
+    seq += [next(g), next(g)]
+    assert seq == own
+
+
+def test_generator_protocol_send_throw_close_return() -> None:
+    log: list[object] = []
+
+    @isolated(seed=1)
+    def echo() -> Iterator[object]:
+        received = None
+        try:
+            while True:
+                try:
+                    received = yield (received, torch.rand(1).item())
+                except ValueError as exc:
+                    log.append(("caught", str(exc)))
+                    received = "recovered"
+        finally:
+            torch.rand(3)
+            log.append("closed")
+
+    @isolated
+    def delegating() -> Iterator[object]:
+        result = yield from returning()
+        yield ("result", result)
+
+    def returning() -> Iterator[int]:
+        yield 1
+        torch.rand(1)
+        return 42
+
+    before = rng_fork.get_rng_state()
+    g = echo()
+    assert next(g)[0] is None
+    assert g.send("hi")[0] == "hi"
+    assert g.throw(ValueError("boom"))[0] == "recovered"
+    g.close()
+    assert log == [("caught", "boom"), "closed"]
+    assert list(delegating()) == [1, ("result", 42)]
+    assert rng_fork.get_rng_state() == before
+
+
+def test_uncaught_throw_and_exceptions_propagate() -> None:
+    @isolated
+    def gen() -> Iterator[int]:
+        torch.rand(1)
+        yield 1
+        raise RuntimeError("inside")
+
+    before = rng_fork.get_rng_state()
+    g = gen()
+    next(g)
+    with pytest.raises(RuntimeError, match="inside"):
+        next(g)
+    g = gen()
+    next(g)
+    with pytest.raises(KeyError):
+        g.throw(KeyError("k"))
+    assert rng_fork.get_rng_state() == before
+
+
+def test_breaking_out_early_leaves_everything_intact() -> None:
+    seed_globals(1)
+    for value in noisy_counter(10):
+        if value >= 0:
+            break
+    del value
+    got = draw_all()
+    seed_globals(1)
+    assert got == draw_all()
+
+
+def test_seeded_generators_repeat() -> None:
+    @isolated(seed=3)
+    def gen() -> Iterator[float]:
+        for _ in range(3):
+            yield torch.rand(1).item()
+
+    assert list(gen()) == list(gen()) == torch.rand(3, generator=torch.Generator().manual_seed(3)).tolist()
+
+
+# --- coroutines ------------------------------------------------------------------
+
+
+@isolated
+async def noisy_task(steps: int) -> list[float]:
+    out = []
+    for _ in range(steps):
+        out.append(torch.rand(1).item())
+        np.random.rand()
+        await asyncio.sleep(0)
+    return out
+
+
+def test_coroutine_function_stays_one() -> None:
+    assert inspect.iscoroutinefunction(noisy_task)
+
+
+def test_concurrent_tasks_neither_see_nor_lose_draws() -> None:
+    async def main() -> tuple[list[list[float]], object]:
+        results = await asyncio.gather(noisy_task(4), noisy_task(4), noisy_task(2))
+        return list(results), draw_all()
+
+    seed_globals(1)
+    expected_alone = asyncio.run(noisy_task(4))
+    seed_globals(1)
+    results, caller = asyncio.run(main())
+    # Each task starts from the caller's state at its first step, and runs undisturbed.
+    assert results[0] == results[1] == expected_alone
+    assert results[2] == expected_alone[:2]
+    seed_globals(1)
+    assert caller == draw_all()
+
+
+def test_coroutine_exceptions_and_cancellation() -> None:
+    @isolated
+    async def failing() -> None:
+        torch.rand(1)
+        await asyncio.sleep(0)
+        raise LookupError("bad")
+
+    @isolated
+    async def sleeper() -> None:
+        torch.rand(1)
+        await asyncio.sleep(10)
+
+    async def main() -> None:
+        with pytest.raises(LookupError):
+            await failing()
+        task = asyncio.ensure_future(sleeper())
+        await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    before = rng_fork.get_rng_state()
+    asyncio.run(main())
+    assert rng_fork.get_rng_state() == before
+
+
+def test_async_generators() -> None:
+    @isolated(seed=2)
+    async def agen(n: int) -> AsyncIterator[float]:
+        for _ in range(n):
+            await asyncio.sleep(0)
+            yield torch.rand(1).item()
+
+    async def consume() -> list[float]:
+        out = []
+        async for value in agen(3):
+            torch.rand(7)
+            out.append(value)
+        early = agen(5)
+        out.append(await early.__anext__())
+        await early.aclose()
+        return out
+
+    assert inspect.isasyncgenfunction(agen)
+    before_state = rng_fork.get_rng_state()
+    seed_globals(1)
+    got = asyncio.run(consume())
+    expected = torch.rand(3, generator=torch.Generator().manual_seed(2)).tolist()
+    assert got[:3] == expected and got[3] == expected[0]
+    del before_state
+    seed_globals(1)
+    asyncio.run(consume())
+    after = draw_all()
+    seed_globals(1)
+    torch.rand(7)
+    torch.rand(7)
+    torch.rand(7)
+    assert after == draw_all()
+
+
+def test_async_generator_athrow() -> None:
+    @isolated
+    async def agen() -> AsyncIterator[str]:
+        while True:
+            try:
+                yield "value"
+            except KeyError:
+                torch.rand(1)
+                yield "caught"
+
+    async def main() -> list[str]:
+        g = agen()
+        first = await g.__anext__()
+        second = await g.athrow(KeyError("k"))
+        await g.aclose()
+        return [first, second]
+
+    before = rng_fork.get_rng_state()
+    assert asyncio.run(main()) == ["value", "caught"]
+    assert rng_fork.get_rng_state() == before
+
+
+# --- RngStream ---------------------------------------------------------------------
+
+
+def test_stream_across_epochs_is_fresh_and_reproducible() -> None:
+    def run(with_eval: bool) -> tuple[list[list[float]], list[float]]:
+        seed_globals(0)
+        eval_rng = RngStream(seed=5)
+        evals, train = [], []
+        for _ in range(3):
+            train.append(torch.rand(1).item())
+            if with_eval:
+                with eval_rng:
+                    evals.append(torch.rand(2).tolist())
+        return evals, train
+
+    evals, train = run(True)
+    evals_again, train_again = run(True)
+    _, train_alone = run(False)
+    assert evals == evals_again
+    assert evals[0] != evals[1] != evals[2]
+    assert train == train_again == train_alone
+    assert evals[0] + evals[1] == torch.rand(4, generator=torch.Generator().manual_seed(5)).tolist()
+
+
+def test_unseeded_stream_starts_from_caller_state() -> None:
+    stream = RngStream()
+    seed_globals(1)
+    torch.rand(3)
+    with stream:
+        first = torch.rand(2).tolist()
+    seed_globals(1)
+    torch.rand(3)
+    assert first == torch.rand(2).tolist()
+
+
+def test_stream_as_decorator_and_reentrant() -> None:
+    stream = RngStream(seed=1)
+
+    @stream
+    def sample(depth: int) -> list[float]:
+        value = torch.rand(1).tolist()
+        return value + (sample(depth - 1) if depth else [])
+
+    got, expected = _caller_after(lambda: sample(2))
+    assert got == expected
+    assert sample(0) == torch.rand(4, generator=torch.Generator().manual_seed(1)).tolist()[3:]
+
+
+def test_stream_checkpoint_round_trip() -> None:
+    stream = RngStream(seed=1, generators=[np.random.default_rng(0)])
+    assert stream.state_dict()["started"] is False
+    with stream:
+        torch.rand(3)
+    buffer = io.BytesIO()
+    torch.save(stream.state_dict(), buffer)
+    with stream:
+        expected = draw_all()
+    buffer.seek(0)
+    restored = RngStream(seed=1, generators=[np.random.default_rng(0)])
+    restored.load_state_dict(torch.load(buffer, weights_only=True))
+    with restored:
+        assert draw_all() == expected
+    with pytest.raises(ValueError, match="seed"):
+        restored.load_state_dict({"nope": 1})
+    fresh = RngStream(seed=1)
+    fresh.load_state_dict(RngStream(seed=1).state_dict())
+    assert not fresh.started
+
+
+def test_stream_load_validates_before_changing() -> None:
+    stream = RngStream(seed=1)
+    with stream:
+        torch.rand(1)
+    sd = stream.state_dict()
+    sd["state"]["torch"]["state"] = sd["state"]["torch"]["state"][:10]
+    with pytest.raises(ValueError, match="torch"):
+        stream.load_state_dict(sd)
+    with stream:
+        got = torch.rand(1).item()
+    g = torch.Generator().manual_seed(1)
+    torch.rand(1, generator=g)
+    assert got == torch.rand(1, generator=g).item()
+
+
+def test_stream_bad_arguments() -> None:
+    with pytest.raises(TypeError):
+        RngStream(seed="1")  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        RngStream(generators=[1])
+
+
+# --- threads ---------------------------------------------------------------------
+
+
+def test_forks_in_two_threads_warn_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    from rng_fork import _swap
+
+    monkeypatch.setattr(_swap, "_warned_threads", False)
+    inside = threading.Event()
+    release = threading.Event()
+
+    def other() -> None:
+        with fork_rng():
+            inside.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    inside.wait(10)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with fork_rng():
+                pass
+            with fork_rng():
+                pass
+    finally:
+        release.set()
+        thread.join()
+    relevant = [w for w in caught if issubclass(w.category, rng_fork.RngForkWarning)]
+    assert len(relevant) == 1
+    assert "thread" in str(relevant[0].message)
+
+
+def test_no_warning_for_one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    from rng_fork import _swap
+
+    monkeypatch.setattr(_swap, "_warned_threads", False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", rng_fork.RngForkWarning)
+        with fork_rng(), fork_rng():
+            pass
+        asyncio.run(asyncio.wait_for(noisy_task(2), 5))
+
+
+# --- property ----------------------------------------------------------------------
+
+Action = tuple[str, int]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["caller", "gen", "task"]), st.integers(0, 2)), max_size=20))
+def test_interleavings_never_change_the_caller(actions: list[Action]) -> None:
+    @isolated
+    def gen() -> Iterator[float]:
+        while True:
+            draw_all()
+            yield torch.rand(1).item()
+
+    @isolated
+    async def task(steps: int) -> None:
+        for _ in range(steps):
+            draw_all()
+            await asyncio.sleep(0)
+
+    def run(include_isolated: bool) -> list[object]:
+        seed_globals(3)
+        gens = [gen() for _ in range(3)]
+        caller: list[object] = []
+
+        async def main() -> None:
+            pending = []
+            for kind, which in actions:
+                if kind == "caller":
+                    caller.append(draw_all())
+                elif include_isolated and kind == "gen":
+                    next(gens[which])
+                elif include_isolated:
+                    pending.append(asyncio.ensure_future(task(which + 1)))
+                await asyncio.sleep(0)
+            await asyncio.gather(*pending)
+            caller.append(draw_all())
+
+        asyncio.run(main())
+        return caller
+
+    assert run(True) == run(False)
