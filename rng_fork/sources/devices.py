@@ -83,9 +83,10 @@ class LazyDeviceSource(RngSource):
         self.module.manual_seed_all(seed)
 
     def guard(self, devices: Sequence[int] | None) -> _LazyInitGuard | None:
+        # A backend without devices can never initialize: nothing to guard.
         if self.available() or devices == () or not hasattr(self.module, "_lazy_seed_tracker"):
             return None
-        return _LazyInitGuard(self.module, devices)
+        return _LazyInitGuard(self.module, devices) if self.device_count() else None
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "initialized": self.available(), "device_count": self.device_count()}
@@ -139,7 +140,8 @@ class _LazyInitGuard:
         self._tracker = (tracker.manual_seed_all_cb, tracker.manual_seed_cb, list(tracker.call_order))
         self._queue: list[QueuedCall] = list(module._queued_calls)
         self._fresh: dict[int, Any] | None = None
-        module._lazy_call(self._record_fresh)
+        # Queued directly: torch's _lazy_call formats a stack trace (hundreds of microseconds).
+        module._queued_calls.append((self._record_fresh, []))
 
     def _indices(self) -> Sequence[int]:
         count = len(self.module.default_generators)
@@ -150,20 +152,17 @@ class _LazyInitGuard:
         self._fresh = {i: generators[i].get_state() for i in self._indices()}
 
     def seed(self, seed: int) -> None:
-        if self.devices is None:
-            self.module.manual_seed_all(seed)
-            return
         before = [entry for entry in self._tracker[2] if entry]
 
         def seed_listed() -> None:
             # Queued as the latest seed-all, this replaces earlier queued seeds,
-            # so it first applies them and then seeds the listed devices.
+            # so it first applies them and then seeds the forked devices.
             for call, _ in before:
                 call()
             for i in self._indices():
                 self.module.default_generators[i].manual_seed(seed)
 
-        self.module._lazy_call(seed_listed, seed_all=True)
+        self.module._lazy_seed_tracker.queue_seed_all(seed_listed, [])
 
     def release(self) -> None:
         module = self.module
