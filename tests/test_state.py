@@ -187,7 +187,11 @@ def test_strict_false_restores_what_is_there() -> None:
 
 
 def test_constructor_validates_parts() -> None:
-    with pytest.raises(ValueError, match="'torch'.*5056|'torch'.*bytes"):
+    from rng_fork.sources.objects import TorchState
+
+    with pytest.raises(ValueError, match=r"'torch'.*\d+ bytes, got 3"):
+        RngState({"torch": ("torch.Generator", TorchState("cpu", torch.zeros(3, dtype=torch.uint8)))})
+    with pytest.raises(TypeError, match="'torch'.*TorchState"):
         RngState({"torch": ("torch.Generator", ("cpu", b"123"))})
     with pytest.raises(ValueError, match="unknown state type"):
         RngState({"x": ("nope", 1)})

@@ -33,13 +33,19 @@ class LazyDeviceSource(RngSource):
         self.module = module
         self.device_type = device_type or name
         self.codec = TorchGeneratorSource.codec
+        self._count: int | None = None
 
     def available(self) -> bool:
         return bool(self.module.is_initialized())
 
     def device_count(self) -> int:
-        """Devices visible to the backend; asks the driver without initializing."""
-        return int(self.module.device_count())
+        """Devices visible to the backend; asks the driver without initializing.
+
+        Cached: the count cannot change within a process (torch caches it too).
+        """
+        if self._count is None:
+            self._count = int(self.module.device_count())
+        return self._count
 
     def check_devices(self, devices: Sequence[int]) -> None:
         # A backend with no devices at all is skipped, so code written with
@@ -106,14 +112,14 @@ class _QueuedDeviceSource(TorchGeneratorSource):
 
     def restore(self, part: Any) -> None:
         # torch's own set_rng_state queues the state while uninitialized.
-        self.module.set_rng_state(self.codec.to_plain(part)["state"], self.device)
+        self.module.set_rng_state(part.tensor, self.device)
 
     def seed(self, seed: int) -> None:
         raise TypeError(f"seeding {self.name} alone would initialize its runtime")
 
     def check_target(self, part: Any) -> None:
-        if part[0] != self.device_type:
-            raise ValueError(f"a {part[0]} generator state cannot go into {self.name}")
+        if part.device_type != self.device_type:
+            raise ValueError(f"a {part.device_type} generator state cannot go into {self.name}")
 
 
 def _is_rng_call(call: QueuedCall, module: Any) -> bool:

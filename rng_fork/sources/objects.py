@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import math
 import random
-from array import array
+import struct
 from collections.abc import Mapping
 from typing import Any, Generic, TypeVar, cast
 
 import numpy as np
 import torch
 
+from . import _fastpath
 from .base import Codec, Part, Plain, RngSource
 
 _MT_WORDS = 624
@@ -50,11 +51,11 @@ def _words_from_plain(value: object, key: str) -> bytes:
         raise ValueError(f"entry {key!r} must hold {_MT_WORDS} words, got {len(values)}")
     if any(isinstance(w, bool) or not isinstance(w, int) or not 0 <= w < 2**32 for w in values):
         raise ValueError(f"entry {key!r} must hold unsigned 32-bit words")
-    return array("I", values).tobytes()
+    return struct.pack(f"<{_MT_WORDS}I", *values)
 
 
 def _words_to_plain(words: bytes) -> torch.Tensor:
-    return torch.tensor(array("I", words).tolist(), dtype=torch.int64)
+    return torch.tensor(struct.unpack(f"<{_MT_WORDS}I", words), dtype=torch.int64)
 
 
 def _check_gauss(value: object, what: str) -> float:
@@ -65,32 +66,38 @@ def _check_gauss(value: object, what: str) -> float:
 
 # --- Python's random.Random --------------------------------------------------
 
-PythonPart = tuple[bytes, int, "float | None"]
-"""624 Mersenne Twister words (native uint32), the position, the cached gauss."""
+PythonPart = _fastpath.PyCapture
+"""``(raw, gauss_next)``: raw is the int32 index then the 624 uint32 words, little-endian."""
+
+_RAW_BYTES = _MT_BYTES + 4
+
+
+def _raw_position(raw: bytes, at: int) -> int:
+    return int.from_bytes(raw[at : at + 4], "little", signed=True)
 
 
 class PythonRandomCodec(Codec):
-    """Parts of ``random.Random``: ``(words, index, gauss_next)``."""
+    """Parts of ``random.Random``: ``(raw, gauss_next)``."""
 
     tag = "random.Random"
 
     def check(self, part: object) -> Part:
-        if not isinstance(part, tuple) or len(part) != 3:
-            raise TypeError("a random.Random state must be a (words, index, gauss_next) tuple")
-        words, index, gauss = part
-        if not isinstance(words, bytes) or len(words) != _MT_BYTES:
-            raise ValueError(f"a random.Random state needs {_MT_BYTES} bytes of words")
-        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index <= _MT_WORDS:
-            raise ValueError(f"a random.Random index must be an int in [0, {_MT_WORDS}]")
+        if not isinstance(part, tuple) or len(part) != 2:
+            raise TypeError("a random.Random state must be a (raw, gauss_next) tuple")
+        raw, gauss = part
+        if not isinstance(raw, bytes) or len(raw) != _RAW_BYTES:
+            raise ValueError(f"a random.Random state needs {_RAW_BYTES} raw bytes")
+        if not 0 <= _raw_position(raw, 0) <= _MT_WORDS:
+            raise ValueError(f"a random.Random index must be in [0, {_MT_WORDS}]")
         if gauss is not None:
             _check_gauss(gauss, "a random.Random gauss_next")
         return part
 
     def to_plain(self, part: Part) -> Plain:
-        words, index, gauss = cast(PythonPart, part)
+        raw, gauss = cast(PythonPart, part)
         return {
-            "words": _words_to_plain(words),
-            "index": index,
+            "words": _words_to_plain(raw[4:]),
+            "index": _raw_position(raw, 0),
             "has_gauss": gauss is not None,
             "gauss": 0.0 if gauss is None else gauss,
         }
@@ -98,21 +105,11 @@ class PythonRandomCodec(Codec):
     def from_plain(self, plain: Mapping[str, Any]) -> Part:
         words = _words_from_plain(_need(plain, "words", object), "words")
         index = _need(plain, "index", int)
+        if not 0 <= index <= _MT_WORDS:
+            raise ValueError(f"a random.Random index must be in [0, {_MT_WORDS}]")
         has_gauss = _need(plain, "has_gauss", bool)
         gauss = float(_need(plain, "gauss", (int, float)))
-        return self.check((words, index, gauss if has_gauss else None))
-
-
-def python_capture(obj: random.Random) -> PythonPart:
-    """Portable capture through ``getstate``."""
-    _, internal, gauss = obj.getstate()
-    return (array("I", internal[:_MT_WORDS]).tobytes(), internal[_MT_WORDS], gauss)
-
-
-def python_restore(obj: random.Random, part: PythonPart) -> None:
-    """Portable restore through ``setstate``."""
-    words, index, gauss = part
-    obj.setstate((3, (*array("I", words), index), gauss))
+        return self.check((index.to_bytes(4, "little", signed=True) + words, gauss if has_gauss else None))
 
 
 class _ObjectSource(RngSource, Generic[T]):
@@ -139,10 +136,10 @@ class PythonRandomSource(_ObjectSource[random.Random]):
     codec = PythonRandomCodec()
 
     def capture(self) -> Part:
-        return python_capture(self.obj)
+        return _fastpath.capture_python(self.obj)
 
     def restore(self, part: Part) -> None:
-        python_restore(self.obj, part)  # type: ignore[arg-type]
+        _fastpath.restore_python(self.obj, part)  # type: ignore[arg-type]
 
     def seed(self, seed: int) -> None:
         self.obj.seed(seed)
@@ -150,50 +147,45 @@ class PythonRandomSource(_ObjectSource[random.Random]):
 
 # --- NumPy's legacy RandomState ----------------------------------------------
 
-NumpyPart = tuple[bytes, int, int, float]
-"""MT19937 key words (native uint32), the position, has_gauss, the cached gauss."""
+NumpyPart = _fastpath.NpCapture
+"""``(raw, has_gauss, gauss)``: raw is the 624 uint32 key words then the int32 position, little-endian."""
 
 
 class RandomStateCodec(Codec):
-    """Parts of ``numpy.random.RandomState``: ``(key, pos, has_gauss, gauss)``."""
+    """Parts of ``numpy.random.RandomState``: ``(raw, has_gauss, gauss)``."""
 
     tag = "numpy.random.RandomState"
 
     def check(self, part: object) -> Part:
-        if not isinstance(part, tuple) or len(part) != 4:
-            raise TypeError("a RandomState state must be a (key, pos, has_gauss, gauss) tuple")
-        key, pos, has_gauss, gauss = part
-        if not isinstance(key, bytes) or len(key) != _MT_BYTES:
-            raise ValueError(f"a RandomState state needs {_MT_BYTES} bytes of key")
-        if isinstance(pos, bool) or not isinstance(pos, int) or not 0 <= pos <= _MT_WORDS:
-            raise ValueError(f"a RandomState pos must be an int in [0, {_MT_WORDS}]")
+        if not isinstance(part, tuple) or len(part) != 3:
+            raise TypeError("a RandomState state must be a (raw, has_gauss, gauss) tuple")
+        raw, has_gauss, gauss = part
+        if not isinstance(raw, bytes) or len(raw) != _RAW_BYTES:
+            raise ValueError(f"a RandomState state needs {_RAW_BYTES} raw bytes")
+        if not 0 <= _raw_position(raw, _MT_BYTES) <= _MT_WORDS:
+            raise ValueError(f"a RandomState pos must be in [0, {_MT_WORDS}]")
         if has_gauss not in (0, 1) or isinstance(has_gauss, bool):
             raise ValueError("a RandomState has_gauss must be 0 or 1")
         _check_gauss(gauss, "a RandomState cached gaussian")
         return part
 
     def to_plain(self, part: Part) -> Plain:
-        key, pos, has_gauss, gauss = cast(NumpyPart, part)
-        return {"key": _words_to_plain(key), "pos": pos, "has_gauss": bool(has_gauss), "gauss": gauss}
+        raw, has_gauss, gauss = cast(NumpyPart, part)
+        return {
+            "key": _words_to_plain(raw[:_MT_BYTES]),
+            "pos": _raw_position(raw, _MT_BYTES),
+            "has_gauss": bool(has_gauss),
+            "gauss": gauss,
+        }
 
     def from_plain(self, plain: Mapping[str, Any]) -> Part:
         key = _words_from_plain(_need(plain, "key", object), "key")
         pos = _need(plain, "pos", int)
+        if not 0 <= pos <= _MT_WORDS:
+            raise ValueError(f"a RandomState pos must be in [0, {_MT_WORDS}]")
         has_gauss = int(_need(plain, "has_gauss", bool))
         gauss = float(_need(plain, "gauss", (int, float)))
-        return self.check((key, pos, has_gauss, gauss))
-
-
-def numpy_capture(obj: np.random.RandomState) -> NumpyPart:
-    """Portable capture through ``get_state``."""
-    _, key, pos, has_gauss, gauss = cast(tuple[str, np.ndarray, int, int, float], obj.get_state(legacy=True))
-    return (key.astype(np.uint32, copy=False).tobytes(), int(pos), int(has_gauss), float(gauss))
-
-
-def numpy_restore(obj: np.random.RandomState, part: NumpyPart) -> None:
-    """Portable restore through ``set_state``."""
-    key, pos, has_gauss, gauss = part
-    obj.set_state(("MT19937", np.frombuffer(key, dtype=np.uint32), pos, has_gauss, gauss))
+        return self.check((key + pos.to_bytes(4, "little", signed=True), has_gauss, gauss))
 
 
 class RandomStateSource(_ObjectSource[np.random.RandomState]):
@@ -210,10 +202,10 @@ class RandomStateSource(_ObjectSource[np.random.RandomState]):
         return isinstance(self.obj._bit_generator, np.random.MT19937)
 
     def capture(self) -> Part:
-        return numpy_capture(self.obj)
+        return _fastpath.capture_numpy(self.obj)
 
     def restore(self, part: Part) -> None:
-        numpy_restore(self.obj, part)  # type: ignore[arg-type]
+        _fastpath.restore_numpy(self.obj, part)  # type: ignore[arg-type]
 
     def seed(self, seed: int) -> None:
         self.obj.seed(seed)
@@ -326,8 +318,42 @@ class BitGeneratorSource(_ObjectSource[np.random.BitGenerator]):
 
 # --- torch.Generator ---------------------------------------------------------
 
-TorchPart = tuple[str, bytes]
-"""The generator's device type and its raw state bytes."""
+class TorchState:
+    """A torch generator's state: its device type and the tensor ``get_state`` returned.
+
+    The tensor is never handed out, so it stays as captured; keeping it (rather
+    than bytes) makes a fork's capture and restore as cheap as torch's own.
+    Compares, hashes and pickles by value.
+    """
+
+    __slots__ = ("device_type", "tensor")
+
+    def __init__(self, device_type: str, tensor: torch.Tensor) -> None:
+        self.device_type = device_type
+        self.tensor = tensor
+
+    def data(self) -> bytes:
+        """The raw state bytes."""
+        return self.tensor.numpy().tobytes()
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, TorchState):
+            return NotImplemented
+        return self.device_type == other.device_type and bool(torch.equal(self.tensor, other.tensor))
+
+    def __hash__(self) -> int:
+        return hash((self.device_type, self.data()))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_torch_state_from_bytes, (self.device_type, self.data()))
+
+    def __repr__(self) -> str:
+        return f"TorchState({self.device_type!r}, {self.tensor.numel()} bytes)"
+
+
+def _torch_state_from_bytes(device_type: str, data: bytes) -> TorchState:
+    return TorchState(device_type, torch.frombuffer(bytearray(data), dtype=torch.uint8))
+
 
 _CUDA_STATE_SIZES = (16, 8)  # seed + Philox offset; torch also accepts the seed alone
 
@@ -337,45 +363,42 @@ def _cpu_state_size() -> int:
 
 
 class TorchGeneratorCodec(Codec):
-    """Parts of a ``torch.Generator`` on any device: ``(device_type, state_bytes)``."""
+    """Parts of a ``torch.Generator`` on any device: a :class:`TorchState`."""
 
     tag = "torch.Generator"
 
     def check(self, part: object) -> Part:
-        if not isinstance(part, tuple) or len(part) != 2:
-            raise TypeError("a torch.Generator state must be a (device_type, bytes) tuple")
-        device_type, data = part
-        if not isinstance(device_type, str) or not isinstance(data, bytes):
-            raise TypeError("a torch.Generator state must be a (device_type, bytes) tuple")
+        if not isinstance(part, TorchState):
+            raise TypeError(f"a torch.Generator state must be a TorchState, not {type(part).__name__}")
+        device_type, tensor = part.device_type, part.tensor
+        if tensor.dtype != torch.uint8 or tensor.dim() != 1 or tensor.device.type != "cpu":
+            raise TypeError("a torch.Generator state must be a 1-d uint8 CPU tensor")
+        size = tensor.numel()
         if device_type == "cpu":
-            size = _cpu_state_size()
-            if len(data) != size:
-                raise ValueError(f"a CPU generator state must be {size} bytes, got {len(data)}")
+            expected = _cpu_state_size()
+            if size != expected:
+                raise ValueError(f"a CPU generator state must be {expected} bytes, got {size}")
             # torch checks the content too; a scratch generator finds out without harm.
-            torch.Generator().set_state(_bytes_to_tensor(data))
+            torch.Generator().set_state(tensor)
         elif device_type == "cuda":
-            if len(data) not in _CUDA_STATE_SIZES:
-                raise ValueError(f"a CUDA generator state must be 16 bytes, got {len(data)}")
-            if len(data) == 16 and int.from_bytes(data[8:], "little", signed=True) % 4:
+            if size not in _CUDA_STATE_SIZES:
+                raise ValueError(f"a CUDA generator state must be 16 bytes, got {size}")
+            if size == 16 and int.from_bytes(part.data()[8:], "little", signed=True) % 4:
                 raise ValueError("a CUDA generator's Philox offset must be a multiple of 4")
-        elif not data:
+        elif not size:
             raise ValueError(f"a {device_type} generator state must not be empty")
         return part
 
     def to_plain(self, part: Part) -> Plain:
-        device_type, data = cast(TorchPart, part)
-        return {"device": device_type, "state": _bytes_to_tensor(data)}
+        state = cast(TorchState, part)
+        return {"device": state.device_type, "state": state.tensor.clone()}
 
     def from_plain(self, plain: Mapping[str, Any]) -> Part:
         device_type = _need(plain, "device", str)
         state = _need(plain, "state", torch.Tensor)
         if state.dtype != torch.uint8 or state.dim() != 1:
             raise TypeError(f"entry 'state' must be a 1-d uint8 tensor, got {state.dtype} with {state.dim()} dims")
-        return self.check((device_type, state.cpu().numpy().tobytes()))
-
-
-def _bytes_to_tensor(data: bytes) -> torch.Tensor:
-    return torch.frombuffer(bytearray(data), dtype=torch.uint8)
+        return self.check(TorchState(device_type, state.detach().cpu().clone()))
 
 
 class TorchGeneratorSource(_ObjectSource[torch.Generator]):
@@ -383,19 +406,23 @@ class TorchGeneratorSource(_ObjectSource[torch.Generator]):
 
     codec = TorchGeneratorCodec()
 
+    def __init__(self, name: str, obj: torch.Generator) -> None:
+        super().__init__(name, obj)
+        self.device_type = obj.device.type
+
     def capture(self) -> Part:
-        return (self.obj.device.type, self.obj.get_state().numpy().tobytes())
+        return TorchState(self.device_type, self.obj.get_state())
 
     def restore(self, part: Part) -> None:
-        self.obj.set_state(_bytes_to_tensor(part[1]))  # type: ignore[index]
+        self.obj.set_state(cast(TorchState, part).tensor)
 
     def seed(self, seed: int) -> None:
         self.obj.manual_seed(seed)
 
     def check_target(self, part: Part) -> None:
-        device_type = self.obj.device.type
-        if part[0] != device_type:  # type: ignore[index]
-            raise ValueError(f"a {part[0]} generator state cannot go into a {device_type} generator")  # type: ignore[index]
+        got = cast(TorchState, part).device_type
+        if got != self.device_type:
+            raise ValueError(f"a {got} generator state cannot go into a {self.device_type} generator")
 
 
 # --- generators= --------------------------------------------------------------
