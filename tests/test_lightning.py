@@ -372,8 +372,27 @@ def test_every_source_matters(source: str, hide_source: Callable[[str], None]) -
     assert not same(params, base)
 
 
+@pytest.fixture
+def restore_torch_flags() -> Iterator[None]:
+    """``Trainer(deterministic=True)`` changes process-wide settings: put them back after the test."""
+    saved = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.backends.cudnn.benchmark,
+        os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
+    )
+    yield
+    torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+    torch.backends.cudnn.benchmark = saved[2]
+    if saved[3] is None:
+        os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+    else:
+        os.environ["CUBLAS_WORKSPACE_CONFIG"] = saved[3]
+
+
 @pytest.mark.cuda
 @pytest.mark.slow
+@pytest.mark.usefixtures("restore_torch_flags")
 def test_callback_on_cuda(package: str, hide_source: Callable[[str], None]) -> None:
     """Dropout and ``validation_step`` draw from the CUDA generator too."""
     kwargs: dict[str, Any] = {"accelerator": "gpu", "deterministic": True, "val_check_interval": 0.5}
