@@ -1,0 +1,9 @@
+"""Optional integrations with training frameworks.
+
+Each submodule needs its framework installed and is imported on its own, so that
+``import rng_fork`` never imports a framework:
+
+- :mod:`rng_fork.integrations.lightning`: :class:`~rng_fork.integrations.lightning.IsolateRng`,
+  a Lightning callback that keeps validation from changing training
+  (``pip install rng_fork[lightning]``).
+"""
