@@ -169,6 +169,17 @@ def set_rng_state(
 
         rng_fork.set_rng_state(checkpoint["rng"], generators=[loader])
     """
+    restore_all(prepare_restore(state, generators=generators, strict=strict))
+
+
+def prepare_restore(
+    state: RngState | Mapping[str, Any], *, generators: Iterable[object] = (), strict: bool = True
+) -> list[tuple[RngSource, Part]]:
+    """Validate ``state`` as :func:`set_rng_state` does and return what it would restore.
+
+    Nothing changes. Kept apart from the restore so that callers coordinating
+    several processes can validate everywhere before anything is restored anywhere.
+    """
     if isinstance(state, Mapping):
         state = RngState.from_state_dict(state)
     elif not isinstance(state, RngState):
@@ -192,7 +203,7 @@ def set_rng_state(
                 f"the state has no part for RNG source(s) {', '.join(map(repr, missing))}; "
                 "pass strict=False to restore only the parts it has"
             )
-    restore_all(entries)
+    return entries
 
 
 def _target(name: str, extra: Mapping[str, RngSource]) -> RngSource:
