@@ -34,8 +34,8 @@ import torch.distributed as dist
 
 from ._swap import restore_all
 from .errors import RngRestoreError
-from .sources import Part, RngSource
-from .state import RngState, get_rng_state, prepare_restore
+from .sources import Part, RngSource, generator_sources
+from .state import RngState, get_rng_state, resolve_targets
 
 if TYPE_CHECKING:
     from torch.distributed import ProcessGroup
@@ -201,7 +201,7 @@ def broadcast_rng_state(
             return None
         if not isinstance(state, RngState):
             raise TypeError(f"rank {src} sent {type(state).__name__}, not an RngState")
-        return prepare_restore(state, generators=generators, strict=strict)
+        return resolve_targets(state, generator_sources(generators), strict=strict)
 
     entries, error = _attempt(prepare)
     _raise_if_any(_all_gather(error, group), "broadcast_rng_state")
@@ -264,7 +264,7 @@ def load_rng_state_dict(
         saved_size, saved = _unpack(state_dict)
         if rank >= saved_size:
             return None
-        return prepare_restore(saved[rank], generators=generators, strict=strict)
+        return resolve_targets(RngState.from_state_dict(saved[rank]), generator_sources(generators), strict=strict)
 
     entries, error = _attempt(prepare)
     outcomes = _all_gather((error, saved_size), group)

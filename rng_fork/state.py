@@ -169,22 +169,22 @@ def set_rng_state(
 
         rng_fork.set_rng_state(checkpoint["rng"], generators=[loader])
     """
-    restore_all(prepare_restore(state, generators=generators, strict=strict))
-
-
-def prepare_restore(
-    state: RngState | Mapping[str, Any], *, generators: Iterable[object] = (), strict: bool = True
-) -> list[tuple[RngSource, Part]]:
-    """Validate ``state`` as :func:`set_rng_state` does and return what it would restore.
-
-    Nothing changes. Kept apart from the restore so that callers coordinating
-    several processes can validate everywhere before anything is restored anywhere.
-    """
     if isinstance(state, Mapping):
         state = RngState.from_state_dict(state)
     elif not isinstance(state, RngState):
         raise TypeError(f"set_rng_state takes an RngState or its state_dict(), not {type(state).__name__}")
-    extra = {source.name: source for source in generator_sources(generators)}
+    restore_all(resolve_targets(state, generator_sources(generators), strict=strict))
+
+
+def resolve_targets(
+    state: RngState, generators: Iterable[RngSource], *, strict: bool
+) -> list[tuple[RngSource, Part]]:
+    """Pair each part of ``state`` with the live source it goes into, validating all of them.
+
+    Raises ``TypeError``/``ValueError`` naming the source for a part that has no
+    target, does not fit its target or (with ``strict``) is missing.
+    """
+    extra = {source.name: source for source in generators}
     entries: list[tuple[RngSource, Part]] = []
     for name, (tag, part) in state._parts.items():
         target = _target(name, extra)
