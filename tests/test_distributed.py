@@ -116,7 +116,7 @@ def test_one_rank_strict_false_allows_missing_sources(one_rank: None) -> None:
 
 
 MALFORMED = ["not a dict", "one process's state_dict", "future version", "bool world size", "too few entries",
-             "corrupt entry"]
+             "entry not a dict", "corrupt entry"]
 
 
 def _malformed(good: dict[str, Any]) -> dict[str, tuple[object, str]]:
@@ -128,6 +128,7 @@ def _malformed(good: dict[str, Any]) -> dict[str, tuple[object, str]]:
         "future version": ({**good, "version": 2}, "unsupported rng_state_dict version 2"),
         "bool world size": ({**good, "world_size": True}, "'world_size' must be a positive int, got True"),
         "too few entries": ({**good, "world_size": 2}, "'ranks' must be a list of 2 per-rank state dicts"),
+        "entry not a dict": ({**good, "ranks": ["x"]}, "rank 0: TypeError: an RNG state dict must be a mapping"),
         "corrupt entry": (corrupt_entry, "rank 0: ValueError: RNG source 'torch': missing entry 'state'"),
     }
 
