@@ -39,7 +39,8 @@ ISOLATIONS: dict[str, Callable[[], AbstractContextManager[object]]] = {
 }
 """How rank 0 wraps its evaluation in the DDP scenario; "none" is the control that must change training.
 
-Another isolation (an RngStream, say) is one more entry here.
+Each factory is called once per training run and what it returns is entered at
+every evaluation, so a persistent stream fits too: ``"stream": lambda: RngStream(seed=0)``.
 """
 
 
@@ -123,6 +124,7 @@ def _train(rank: int, world_size: int, isolation: str | None) -> dict[str, Any]:
     test_loader = DataLoader(TensorDataset(x[:8]), batch_size=4, shuffle=True)
     model = DistributedDataParallel(nn.Sequential(nn.Linear(4, 16), nn.Dropout(0.5), nn.Linear(16, 1)))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    isolate = ISOLATIONS[isolation]() if isolation is not None else None
     for epoch in range(2):
         sampler.set_epoch(epoch)
         for xb, yb in loader:
@@ -133,8 +135,8 @@ def _train(rank: int, world_size: int, isolation: str | None) -> dict[str, Any]:
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            if isolation is not None and rank == 0:
-                with ISOLATIONS[isolation]():
+            if isolate is not None and rank == 0:
+                with isolate:
                     _evaluate(model.module, test_loader)
     report = rd.check_rng_in_sync()
     return {
