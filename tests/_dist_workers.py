@@ -245,6 +245,12 @@ def collectives(rank: int, world_size: int, out: Path) -> dict[str, Any]:
     seen["grow_warnings"] = [str(w.message) for w in caught]
     seen["after_grow"] = get_rng_state()
 
+    # Ranks handed different checkpoints must not each do their own thing.
+    mine = torch.load(out / ("rng.pt" if rank == 0 else "one.pt"), weights_only=True)
+    before = get_rng_state()
+    seen["mixed"] = error_of(lambda: rd.load_rng_state_dict(mine, strict=False))
+    seen["mixed_unchanged"] = get_rng_state() == before
+
     # Rank 1 has a source rank 0 lacks: a strict broadcast fails everywhere.
     rng_fork.seed_all(300 + rank)
     if rank == 1:

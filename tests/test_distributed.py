@@ -258,6 +258,19 @@ def test_checkpoint_of_one_rank_loaded_into_two(collective_runs: tuple[list[dict
 
 
 @pytest.mark.slow
+def test_ranks_given_different_checkpoints_restore_nothing(
+    collective_runs: tuple[list[dict[str, Any]], Path],
+) -> None:
+    for r in collective_runs[0]:
+        assert r["mixed"] == (
+            "ValueError",
+            "load_rng_state_dict changed nothing on any rank: "
+            "the ranks were given state dicts of different world sizes ([1, 2])",
+        )
+        assert r["mixed_unchanged"]
+
+
+@pytest.mark.slow
 def test_broadcast_strict_about_sources_src_lacks(collective_runs: tuple[list[dict[str, Any]], Path]) -> None:
     r0, r1 = collective_runs[0]
     for r in (r0, r1):
