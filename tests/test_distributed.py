@@ -49,6 +49,7 @@ def _saved(state_dict: dict[str, Any]) -> dict[str, Any]:
 # --- without a process group, and in a one-process group -----------------------
 
 
+@pytest.mark.slow  # a fresh interpreter, so it imports torch again
 def test_importing_rng_fork_leaves_distributed_out() -> None:
     code = "import sys, rng_fork; assert 'rng_fork.distributed' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
