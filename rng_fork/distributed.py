@@ -1,0 +1,389 @@
+"""RNG state across the ranks of a ``torch.distributed`` job.
+
+Every function here is a **collective**: every rank of ``group`` must call it,
+in the same order relative to the job's other collectives, or the job hangs.
+``group`` goes to torch.distributed unchanged (``None``: the default group),
+and "rank" below means the rank within ``group``.
+
+``import rng_fork`` does not import this module; ``import rng_fork.distributed``
+works with any torch build, and the functions raise ``RuntimeError`` when
+torch.distributed is unavailable or not initialized.
+
+Example, on every rank of a job started with ``torchrun``::
+
+    import rng_fork.distributed as rd
+
+    if rank == 0:
+        with rng_fork.fork_rng():
+            evaluate(model.module)          # rank 0 alone; training is unchanged
+    sd = rd.rng_state_dict()                # every rank calls it
+    if rank == 0:
+        torch.save({"rng": sd, ...}, "ckpt.pt")
+    ...
+    rd.load_rng_state_dict(torch.load("ckpt.pt", weights_only=True)["rng"])
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import torch.distributed as dist
+
+from ._swap import restore_all
+from .errors import RngRestoreError
+from .sources import Part, RngSource, generator_sources
+from .state import RngState, get_rng_state, resolve_targets
+
+if TYPE_CHECKING:
+    from torch.distributed import ProcessGroup
+
+FORMAT = "rng_fork.distributed"
+"""The ``"format"`` entry of :func:`rng_state_dict` output."""
+
+VERSION = 1
+"""The ``"version"`` entry of :func:`rng_state_dict` output."""
+
+T = TypeVar("T")
+Entries = list[tuple[RngSource, Part]]
+
+
+@dataclass(frozen=True)
+class RngSyncReport:
+    """What :func:`check_rng_in_sync` found: true exactly when every rank has the same state.
+
+    ``differing`` maps each source whose state is not the same everywhere to the
+    ranks whose part differs from rank 0's; a source that one side lacks counts
+    as differing. ``str(report)`` says it in words.
+
+    Example::
+
+        report = check_rng_in_sync()
+        report.differing            # {'torch': (1,)}: rank 1's torch generator is not rank 0's
+        assert report, str(report)
+    """
+
+    world_size: int
+    differing: dict[str, tuple[int, ...]]
+
+    @property
+    def in_sync(self) -> bool:
+        """Whether every source is the same on every rank."""
+        return not self.differing
+
+    def __bool__(self) -> bool:
+        return self.in_sync
+
+    def __str__(self) -> str:
+        if self.in_sync:
+            return f"RNG state is the same on all {self.world_size} rank(s)"
+        detail = "; ".join(f"{name!r} on {_ranks(ranks)}" for name, ranks in self.differing.items())
+        return f"RNG state differs from rank 0's (or the source is missing on one side): {detail}"
+
+
+@dataclass(frozen=True)
+class RngLoadReport:
+    """What :func:`load_rng_state_dict` restored, the same on every rank.
+
+    ``restored``: the ranks put back to their saved state. ``not_restored``:
+    ranks of this group that have no saved entry; they keep their state.
+    ``dropped``: saved entries that no rank of this group took. ``complete`` is
+    true when the world size was unchanged and every rank was restored.
+
+    Example::
+
+        report = load_rng_state_dict(sd, strict=False)   # saved with 2 ranks, loaded into 1
+        report.restored, report.dropped                   # ((0,), (1,))
+    """
+
+    world_size: int
+    saved_world_size: int
+    restored: tuple[int, ...]
+    not_restored: tuple[int, ...]
+    dropped: tuple[int, ...]
+
+    @property
+    def complete(self) -> bool:
+        """Whether every rank was restored and every saved entry used."""
+        return not self.not_restored and not self.dropped
+
+    def __str__(self) -> str:
+        text = (
+            f"RNG state saved by {self.saved_world_size} rank(s), loaded into {self.world_size}: "
+            f"restored {_ranks(self.restored) if self.restored else 'no rank'}"
+        )
+        if self.not_restored:
+            text += f"; {_ranks(self.not_restored)} had no saved state and kept their own"
+        if self.dropped:
+            text += f"; the saved state of {_ranks(self.dropped)} was not used"
+        return text
+
+
+def gather_rng_state(group: ProcessGroup | None = None, *, generators: Iterable[object] = ()) -> list[RngState]:
+    """Every rank's :class:`~rng_fork.RngState`, indexed by rank; every rank receives the whole list.
+
+    A collective: every rank of ``group`` must call it. ``generators`` are each
+    rank's own objects, snapshotted as :func:`rng_fork.get_rng_state` does (pass
+    the same kinds in the same order on every rank). Nothing is drawn or changed.
+
+    Example::
+
+        states = gather_rng_state()
+        states[1].names               # ('python', 'numpy', 'torch') on every rank
+    """
+    _membership(group)
+    return _all_gather(get_rng_state(generators=generators), group)
+
+
+def check_rng_in_sync(group: ProcessGroup | None = None, *, generators: Iterable[object] = ()) -> RngSyncReport:
+    """Compare every rank's RNG state with rank 0's, source by source; for debugging.
+
+    Returns an :class:`RngSyncReport` (true when all ranks agree) on every rank.
+    A collective: every rank of ``group`` must call it. Useful where ranks are
+    seeded alike and should draw alike, e.g. to find code that draws on one rank
+    only. CUDA parts are compared by name: with one GPU per rank, ``cuda:0`` of
+    rank 0 and ``cuda:0`` of rank 1 are different generators that may differ.
+
+    Example::
+
+        report = check_rng_in_sync()
+        if not report:
+            print(report)   # RNG state differs from rank 0's ...: 'torch' on rank 1
+    """
+    states = gather_rng_state(group, generators=generators)
+    reference = states[0]
+    names = list(dict.fromkeys(name for state in states for name in state.names))
+    differing: dict[str, tuple[int, ...]] = {}
+    for name in names:
+        wanted = _part_or_missing(reference, name)
+        ranks = tuple(r for r, state in enumerate(states) if _part_or_missing(state, name) != wanted)
+        if ranks:
+            differing[name] = ranks
+    return RngSyncReport(world_size=len(states), differing=differing)
+
+
+def broadcast_rng_state(
+    src: int = 0,
+    group: ProcessGroup | None = None,
+    *,
+    generators: Iterable[object] = (),
+    strict: bool = True,
+) -> None:
+    """Put every rank on ``src``'s RNG streams: afterwards every rank has ``src``'s state.
+
+    ``src`` is a global rank, as in ``torch.distributed.broadcast``. A collective:
+    every rank of ``group`` must call it. Each rank validates ``src``'s state
+    against its own sources first (``strict`` as in :func:`rng_fork.set_rng_state`);
+    if any rank cannot take it, every rank raises ``ValueError`` and none changes.
+    ``generators`` are each rank's own objects; ``src``'s states go into them.
+
+    Example::
+
+        rng_fork.seed_all(1234 + rank)      # per-rank streams for data augmentation ...
+        ...
+        broadcast_rng_state(src=0)         # ... then one shared stream from here on
+        assert check_rng_in_sync()
+    """
+    _membership(group)
+    members = dist.get_process_group_ranks(group)
+    if src not in members:
+        raise ValueError(f"src={src} is not a rank of the group (its global ranks are {members})")
+    is_src = dist.get_rank() == src
+    box: list[RngState | None] = [get_rng_state(generators=generators) if is_src else None]
+    dist.broadcast_object_list(box, src=src, group=group)
+    state = box[0]
+
+    def prepare() -> Entries | None:
+        # src already has the state; restoring it there would only repeat it.
+        if is_src:
+            return None
+        if not isinstance(state, RngState):
+            raise TypeError(f"rank {src} sent {type(state).__name__}, not an RngState")
+        return resolve_targets(state, generator_sources(generators), strict=strict)
+
+    entries, error = _attempt(prepare)
+    _raise_if_any(_all_gather(error, group), "broadcast_rng_state")
+    _restore_agreed(entries, group)
+
+
+def rng_state_dict(group: ProcessGroup | None = None, *, generators: Iterable[object] = ()) -> dict[str, Any]:
+    """A checkpoint entry holding every rank's RNG state; every rank receives the whole dict.
+
+    It holds only tensors, ints, strings, lists and dicts (``torch.load(...,
+    weights_only=True)`` reads it back): ``{"format": "rng_fork.distributed",
+    "version": 1, "world_size": N, "ranks": [rank 0's state_dict(), ...]}``. So
+    rank 0 alone can save it. A collective: every rank of ``group`` must call it.
+
+    Example::
+
+        sd = rng_state_dict()
+        if dist.get_rank() == 0:
+            torch.save({"model": model.state_dict(), "rng": sd}, "ckpt.pt")
+    """
+    states = gather_rng_state(group, generators=generators)
+    return {"format": FORMAT, "version": VERSION, "world_size": len(states), "ranks": [s.state_dict() for s in states]}
+
+
+def load_rng_state_dict(
+    state_dict: Mapping[str, Any],
+    strict: bool = True,
+    group: ProcessGroup | None = None,
+    *,
+    generators: Iterable[object] = (),
+) -> RngLoadReport:
+    """Restore every rank from its own entry of :func:`rng_state_dict` output.
+
+    A collective: every rank of ``group`` must call it. All or nothing: every
+    rank first validates its entry (as :func:`rng_fork.set_rng_state` does) and
+    the ranks exchange the outcome; if any rank's check fails, every rank raises
+    ``ValueError`` naming the ranks and reasons, and no rank changes.
+
+    When the world size differs from the saved one, ``strict=True`` raises that
+    way on every rank. ``strict=False`` restores the ranks both have, leaves the
+    others as they are, warns, and reports them; it also lets an entry lack some
+    of a rank's sources, as ``set_rng_state(strict=False)`` does. If restoring
+    itself fails on a rank (after validation), every rank raises
+    :class:`~rng_fork.RngRestoreError`, and ranks that succeeded stay restored.
+
+    Returns an :class:`RngLoadReport`, the same on every rank.
+
+    Example::
+
+        ckpt = torch.load("ckpt.pt", weights_only=True)
+        report = load_rng_state_dict(ckpt["rng"], strict=False)
+        if not report.complete:
+            print(report)    # ... the saved state of rank 1 was not used
+    """
+    rank, size = _membership(group)
+    saved_size: int | None = None
+
+    def prepare() -> Entries | None:
+        nonlocal saved_size
+        saved_size, saved = _unpack(state_dict)
+        if rank >= saved_size:
+            return None
+        return resolve_targets(RngState.from_state_dict(saved[rank]), generator_sources(generators), strict=strict)
+
+    entries, error = _attempt(prepare)
+    outcomes = _all_gather((error, saved_size), group)
+    sizes = sorted({s for _, s in outcomes if s is not None})
+    problems: list[str] = []
+    if len(sizes) > 1:
+        problems.append(f"the ranks were given state dicts of different world sizes ({sizes})")
+    elif sizes and sizes[0] != size and strict:
+        problems.append(
+            f"the state dict was saved by {sizes[0]} rank(s) and this group has {size}; "
+            "pass strict=False to restore only the ranks both have"
+        )
+    _raise_if_any([e for e, _ in outcomes], "load_rng_state_dict", problems)
+    saved_world_size = sizes[0]
+    _restore_agreed(entries, group)
+    both = min(size, saved_world_size)
+    report = RngLoadReport(
+        world_size=size,
+        saved_world_size=saved_world_size,
+        restored=tuple(range(both)),
+        not_restored=tuple(range(both, size)),
+        dropped=tuple(range(both, saved_world_size)),
+    )
+    if not report.complete:
+        warnings.warn(str(report), stacklevel=2)
+    return report
+
+
+def _membership(group: ProcessGroup | None) -> tuple[int, int]:
+    """This process's rank in ``group`` and the group's size; raises if there is no usable group."""
+    if not dist.is_available():
+        raise RuntimeError("torch.distributed is not available in this build of torch")
+    if not dist.is_initialized():
+        raise RuntimeError(
+            "torch.distributed is not initialized: call torch.distributed.init_process_group() on every rank first"
+        )
+    rank = dist.get_rank(group)
+    if rank < 0:
+        raise ValueError("this process is not a member of the group; only its members take part in its collectives")
+    return rank, dist.get_world_size(group)
+
+
+def _all_gather(obj: T, group: ProcessGroup | None) -> list[T]:
+    gathered: list[Any] = [None] * dist.get_world_size(group)
+    dist.all_gather_object(gathered, obj, group=group)
+    return gathered
+
+
+def _attempt(prepare: Callable[[], Entries | None]) -> tuple[Entries | None, str | None]:
+    """Run a rank's validation, turning any failure into a message for the other ranks."""
+    try:
+        return prepare(), None
+    except Exception as exc:  # noqa: BLE001 - a rank that raised here alone would leave the others hanging
+        return None, f"{type(exc).__name__}: {exc}"
+
+
+def _raise_if_any(errors: Sequence[str | None], what: str, problems: Sequence[str] = ()) -> None:
+    """Raise the same ``ValueError`` on every rank if any rank failed or a shared check did."""
+    failed = [*problems, *(f"rank {r}: {error}" for r, error in enumerate(errors) if error is not None)]
+    if failed:
+        raise ValueError(f"{what} changed nothing on any rank: {'; '.join(failed)}")
+
+
+def _restore_agreed(entries: Entries | None, group: ProcessGroup | None) -> None:
+    """Restore this rank's entries, then raise on every rank if any rank's restore failed."""
+    failure: RngRestoreError | None = None
+    if entries:
+        try:
+            restore_all(entries)
+        except RngRestoreError as exc:
+            failure = exc
+    # Every rank learns of a failure anywhere, so none walks on into its next collective alone.
+    reports = _all_gather(None if failure is None else str(failure), group)
+    if failure is not None:
+        raise failure
+    failed = {f"rank {r}": RuntimeError(report) for r, report in enumerate(reports) if report is not None}
+    if failed:
+        raise RngRestoreError(failed)
+
+
+def _unpack(state_dict: object) -> tuple[int, Sequence[Any]]:
+    """The saved world size and per-rank entries of :func:`rng_state_dict` output, checked."""
+    if not isinstance(state_dict, Mapping):
+        raise TypeError(f"expected the dict rng_state_dict() returns, not {type(state_dict).__name__}")
+    if state_dict.get("format") != FORMAT:
+        raise ValueError(
+            f"not a state dict from rng_fork.distributed.rng_state_dict() (no 'format': {FORMAT!r} entry); "
+            "one process's RngState.state_dict() goes back through rng_fork.set_rng_state"
+        )
+    version = state_dict.get("version")
+    if version != VERSION:
+        raise ValueError(f"unsupported rng_state_dict version {version!r} (this rng_fork reads {VERSION})")
+    size = state_dict.get("world_size")
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ValueError(f"'world_size' must be a positive int, got {size!r}")
+    ranks = state_dict.get("ranks")
+    if not isinstance(ranks, (list, tuple)) or len(ranks) != size:
+        raise ValueError(f"'ranks' must be a list of {size} per-rank state dicts")
+    return size, ranks
+
+
+_MISSING = object()
+
+
+def _part_or_missing(state: RngState, name: str) -> object:
+    # A sentinel, not None: a registered source's part may itself be None.
+    return state.part(name) if name in state.names else _MISSING
+
+
+def _ranks(ranks: Sequence[int]) -> str:
+    return f"rank {ranks[0]}" if len(ranks) == 1 else f"ranks {', '.join(map(str, ranks))}"
+
+
+__all__ = [
+    "RngLoadReport",
+    "RngSyncReport",
+    "broadcast_rng_state",
+    "check_rng_in_sync",
+    "gather_rng_state",
+    "load_rng_state_dict",
+    "rng_state_dict",
+]
