@@ -255,15 +255,19 @@ def gpu_rows(isolate_rng: Callable[..., Any] | None, count: int) -> list[Row]:
 
 
 def calibrate(row: Row, target_ns: int) -> None:
-    """Pick N so that N executions take about ``target_ns``."""
-    assert row.timed is not None
+    """Pick N so that N executions take about ``target_ns``.
+
+    N grows until a run takes a tenth of the target; the time per execution is
+    then the fastest of five runs of that size, so one preempted run (on a busy
+    machine) cannot make N far too small.
+    """
+    timed = row.timed
+    assert timed is not None
     n = 1
-    while True:
-        elapsed = max(row.timed(n), 1)
-        if elapsed >= target_ns // 4 or n >= 1 << 24:
-            row.n = max(1, round(n * target_ns / elapsed))
-            return
-        n *= min(16, max(2, target_ns // (4 * elapsed)))
+    while timed(n) < target_ns // 10 and n < 1 << 24:
+        n *= 2
+    per_execution = max(min(timed(n) for _ in range(5)) / n, 1.0)
+    row.n = max(1, round(target_ns / per_execution))
 
 
 def measure(rows: Sequence[Row], *, rounds: int, target_ns: int, warmup_rounds: int) -> float:
