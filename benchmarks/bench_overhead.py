@@ -10,7 +10,7 @@ The garbage collector is off while timing.
 
 Run from the repository root::
 
-    python -m benchmarks                 # full run (about a minute)
+    python -m benchmarks                 # full run (under a minute)
     python -m benchmarks --quick         # smoke run (seconds), for CI
     python -m benchmarks --json out.json --check
     python -m benchmarks --gpu           # CUDA devices (needs a GPU)
@@ -434,7 +434,7 @@ def gpu_targets(rows: dict[str, Row], count: int) -> list[Target]:
             f"fork_rng() <= 1.5x torch.random.fork_rng(devices=range({count}))",
             fork / reference if reference else None,
             1.5,
-            "ratio",
+            "rng_fork / torch",
             "not measured",
         )
     )
@@ -445,7 +445,7 @@ def gpu_targets(rows: dict[str, Row], count: int) -> list[Target]:
                 f"fork_rng(devices=range({n})) <= 1.5x torch.random.fork_rng(devices=range({n}))",
                 ours / theirs if ours is not None and theirs else None,
                 1.5,
-                "ratio",
+                "rng_fork / torch",
                 "not measured",
             )
         )
