@@ -36,6 +36,7 @@ from rng_fork import PlainCodec, RngSource, get_rng_state
 ISOLATIONS: dict[str, Callable[[], AbstractContextManager[object]]] = {
     "none": contextlib.nullcontext,
     "fork_rng": rng_fork.fork_rng,
+    "stream": lambda: rng_fork.RngStream(seed=0),
 }
 """How rank 0 wraps its evaluation in the DDP scenario; "none" is the control that must change training.
 

@@ -214,4 +214,6 @@ def test_isolated_and_stream_on_cuda() -> None:
     assert torch.equal(torch.cuda.get_rng_state(), before)
     assert first == sample()
     torch.cuda.manual_seed(2)
-    assert a + b == torch.rand(4, device="cuda").tolist()
+    # Philox advances per kernel launch, so compare launch for launch.
+    assert a == torch.rand(2, device="cuda").tolist()
+    assert b == torch.rand(2, device="cuda").tolist()
