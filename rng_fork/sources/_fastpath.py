@@ -409,7 +409,8 @@ class _NpEntry(NamedTuple):
 
 
 _np_layout: _NpLayout | None = None
-# id(rs) -> entry, or None for an object the fast path must not touch.
+# id(rs) -> entry; like _py_views, each entry pins its objects (the
+# RandomState and the bit generator whose memory the views point into).
 _np_views: dict[int, _NpEntry] = {}
 
 
@@ -523,7 +524,7 @@ def _discover_numpy() -> _NpLayout:
     header = object.__basicsize__
     ptr_size = ctypes.sizeof(ctypes.c_void_p)
 
-    class _NpSub(rs_type):  # type: ignore[misc,valid-type]
+    class _NpSub(np.random.RandomState):
         """Subclass probe: must share the base object layout."""
 
     source = random.Random(0xC0FFEE)
