@@ -73,7 +73,7 @@ class ForkRngMagics(Magics):
         except UsageError as exc:
             raise UsageError(f"%%{MAGIC_NAME}: {exc}") from None
         fork = self._fork(args.seed, self._generators(args.generators))
-        body, last = self._compile(cell)
+        body, last = self._compile(line, cell)
         namespace = self._shell.user_ns
         with fork:
             exec(body, namespace)
@@ -115,18 +115,27 @@ class ForkRngMagics(Magics):
         except (TypeError, ValueError) as exc:
             raise UsageError(f"%%{MAGIC_NAME}: {exc}") from None
 
-    def _compile(self, cell: str) -> tuple[CodeType, CodeType | None]:
+    def _compile(self, line: str, cell: str) -> tuple[CodeType, CodeType | None]:
         """Compile the cell as IPython would, splitting off a last expression to display.
 
-        The code is cached under the running cell's number and starts one line
-        down (below the magic's own line), so a traceback shows ``Cell In[n],
-        line k`` with the line the user sees at line k of the cell.
+        The code is cached under the running cell's number with the magic's own
+        line first, so a traceback shows ``Cell In[n], line k`` with the line
+        the user sees at line k of the cell.
         """
         shell = self._shell
         compiler: Any = shell.compile  # typed for source text, but takes an AST like builtin compile()
-        source = "\n" + shell.transform_cell(cell)
-        filename = compiler.cache(source, self._cell_number(), raw_code="\n" + cell)
-        tree = shell.transform_ast(compiler.ast_parse(source, filename=filename))
+        body = shell.transform_cell(cell)
+        shown = f"%%{MAGIC_NAME} {line}".rstrip() + "\n" + body
+        filename = compiler.cache(shown, self._cell_number(), raw_code=shown)
+        try:
+            # A blank first line stands in for the magic's, so line numbers match.
+            parsed = compiler.ast_parse("\n" + body, filename=filename)
+        except SyntaxError:
+            # Shown as for any cell: raised from here, IPython would list its own
+            # and this magic's frames above it. The UsageError marks the cell failed.
+            shell.showsyntaxerror(filename)
+            raise UsageError(f"%%{MAGIC_NAME}: the cell has a syntax error (shown above) and did not run") from None
+        tree = shell.transform_ast(parsed)
         last = None
         if tree.body and isinstance(tree.body[-1], ast.Expr):
             last = compiler(ast.Expression(tree.body.pop().value), filename, "eval")

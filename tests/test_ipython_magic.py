@@ -164,6 +164,15 @@ def test_an_error_in_the_cell_restores_and_shows_a_useful_traceback(
     assert "rng_fork" not in shown.replace("run_cell_magic('fork_rng'", ""), "the magic's own frames are hidden"
 
 
+def test_the_traceback_shows_the_magic_line_as_line_1(
+    shell: InteractiveShell, capsys: pytest.CaptureFixture[str]
+) -> None:
+    result = cell(shell, "%%fork_rng --seed 3\n1 / 0\n")
+    assert isinstance(result.error_in_exec, ZeroDivisionError)
+    shown = capsys.readouterr().out
+    assert "1 %%fork_rng --seed 3" in shown and "----> 2 1 / 0" in shown
+
+
 def test_a_keyboard_interrupt_in_the_cell_restores(shell: InteractiveShell) -> None:
     expected = draw_all()
     seed_globals(1234)
@@ -177,8 +186,12 @@ def test_a_syntax_error_changes_nothing(shell: InteractiveShell, capsys: pytest.
     expected = draw_all()
     seed_globals(1234)
     result = cell(shell, "%%fork_rng\nran = True\nx = (\n")
-    assert isinstance(result.error_in_exec, SyntaxError)
-    assert f"Cell In[{result.execution_count}], line 3" in capsys.readouterr().out
+    assert type(result.error_in_exec).__name__ == "UsageError"
+    assert "the cell has a syntax error (shown above) and did not run" in str(result.error_in_exec)
+    shown = capsys.readouterr().out
+    # As for a plain cell: where, and what; no frames of IPython or of the magic.
+    assert f"Cell In[{result.execution_count}], line 3" in shown and "SyntaxError" in shown
+    assert "File " not in shown
     assert shell.user_ns["ran"] is False
     assert draw_all() == expected
 
