@@ -59,7 +59,7 @@ class ForkRngMagics(Magics):
         every initialized CUDA device are saved before the cell and restored
         after it, also when it raises (the error is shown as usual). The value
         of a last expression is displayed as for any cell. Options are checked
-        before the cell runs.
+        before the cell runs. Top-level ``await`` is not supported in the cell.
 
         Example::
 
@@ -129,17 +129,19 @@ class ForkRngMagics(Magics):
         filename = compiler.cache(shown, self._cell_number(), raw_code=shown)
         try:
             # A blank first line stands in for the magic's, so line numbers match.
-            parsed = compiler.ast_parse("\n" + body, filename=filename)
-        except SyntaxError:
+            tree = shell.transform_ast(compiler.ast_parse("\n" + body, filename=filename))
+            last = None
+            if tree.body and isinstance(tree.body[-1], ast.Expr):
+                last = compiler(ast.Expression(tree.body.pop().value), filename, "eval")
+            return compiler(tree, filename, "exec"), last
+        except SyntaxError as exc:
             # Shown as for any cell: raised from here, IPython would list its own
             # and this magic's frames above it. The UsageError marks the cell failed.
             shell.showsyntaxerror(filename)
-            raise UsageError(f"%%{MAGIC_NAME}: the cell has a syntax error (shown above) and did not run") from None
-        tree = shell.transform_ast(parsed)
-        last = None
-        if tree.body and isinstance(tree.body[-1], ast.Expr):
-            last = compiler(ast.Expression(tree.body.pop().value), filename, "eval")
-        return compiler(tree, filename, "exec"), last
+            hint = " (top-level await does not work inside %%fork_rng)" if "'await'" in str(exc) else ""
+            raise UsageError(
+                f"%%{MAGIC_NAME}: the cell has a syntax error (shown above) and did not run{hint}"
+            ) from None
 
     def _cell_number(self) -> int:
         # The running cell's ExecutionResult has its number; the shell's counter

@@ -196,6 +196,13 @@ def test_a_syntax_error_changes_nothing(shell: InteractiveShell, capsys: pytest.
     assert draw_all() == expected
 
 
+def test_top_level_await_is_refused_clearly(shell: InteractiveShell, capsys: pytest.CaptureFixture[str]) -> None:
+    result = cell(shell, "%%fork_rng\nimport asyncio\nawait asyncio.sleep(0)\n")
+    assert "top-level await does not work inside %%fork_rng" in str(result.error_in_exec)
+    shown = capsys.readouterr().out
+    assert "SyntaxError: 'await' outside function" in shown and "File " not in shown
+
+
 def test_fork_rng_nests_inside_the_cell(shell: InteractiveShell) -> None:
     seed_globals(1234)
     expected_after = torch.rand(2)
