@@ -74,10 +74,12 @@ class ForkRngMagics(Magics):
             raise UsageError(f"%%{MAGIC_NAME}: {exc}") from None
         fork = self._fork(args.seed, self._generators(args.generators))
         body, last = self._compile(line, cell)
-        namespace = self._shell.user_ns
+        shell = self._shell
+        # The namespaces IPython runs a plain cell in (they differ in an embedded shell).
+        namespaces = (shell.user_global_ns, shell.user_ns)
         with fork:
-            exec(body, namespace)
-            return eval(last, namespace) if last is not None else None
+            exec(body, *namespaces)
+            return eval(last, *namespaces) if last is not None else None
 
     @property
     def _shell(self) -> InteractiveShell:
