@@ -5,6 +5,8 @@ initialized CUDA device's RNG state, runs the block and puts them back exactly,
 without ever initializing CUDA.
 """
 
+from typing import Any
+
 from .detect import assert_untouched, diff
 from .errors import RngForkWarning, RngRestoreError, RngTouchedError
 from .fork import fork_rng
@@ -14,6 +16,28 @@ from .sources import Codec, PlainCodec, RngSource, register_source, registered_s
 from .state import RngState, get_rng_state, seed_all, set_rng_state
 
 __version__ = "0.1.0"
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """Register the ``%%fork_rng`` cell magic; IPython calls this for ``%load_ext rng_fork``.
+
+    IPython is imported only here, so ``import rng_fork`` works without it.
+
+    Example::
+
+        %load_ext rng_fork
+    """
+    from .ipython import load_ipython_extension as load
+
+    load(ipython)
+
+
+def unload_ipython_extension(ipython: Any) -> None:
+    """Remove the ``%%fork_rng`` cell magic; IPython calls this for ``%unload_ext rng_fork``."""
+    from .ipython import unload_ipython_extension as unload
+
+    unload(ipython)
+
 
 __all__ = [
     "Codec",
