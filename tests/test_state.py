@@ -225,3 +225,15 @@ def test_info_lists_the_sources() -> None:
     assert names[:4] == ["python", "numpy", "torch", "cuda"]
     cuda = next(entry for entry in rng_fork.info() if entry["name"] == "cuda")
     assert cuda["initialized"] == torch.cuda.is_initialized()
+
+
+def test_info_reports_the_fast_path() -> None:
+    import os
+
+    by_name = {entry["name"]: entry for entry in rng_fork.info()}
+    for name in ("python", "numpy"):
+        status = by_name[name]["fast_path"]
+        if os.environ.get("RNG_FORK_PORTABLE", "") not in ("", "0"):
+            assert status.startswith("disabled")
+        else:
+            assert status.startswith(("active", "unavailable"))

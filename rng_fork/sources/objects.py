@@ -144,6 +144,9 @@ class PythonRandomSource(_ObjectSource[random.Random]):
     def seed(self, seed: int) -> None:
         self.obj.seed(seed)
 
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "fast_path": _fastpath.fast_path_info()["python"]}
+
 
 # --- NumPy's legacy RandomState ----------------------------------------------
 
@@ -209,6 +212,9 @@ class RandomStateSource(_ObjectSource[np.random.RandomState]):
 
     def seed(self, seed: int) -> None:
         self.obj.seed(seed)
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "fast_path": _fastpath.fast_path_info()["numpy"]}
 
 
 # --- NumPy BitGenerators (behind numpy.random.Generator) ---------------------
