@@ -13,6 +13,11 @@ from collections.abc import Iterable, Sequence
 
 from .errors import RngForkWarning, RngRestoreError
 from .sources import LazyGuard, Part, RngSource, registered_sources
+from .sources.registry import guarded_sources
+
+# Expansions per (registry, devices, availability of each source): a fork then
+# costs one look-up instead of asking every source what it stands for.
+_expansions: dict[tuple[object, ...], tuple[RngSource, ...]] = {}
 
 
 def live_sources(devices: Sequence[int] | None, extra: Sequence[RngSource] = ()) -> list[RngSource]:
@@ -25,7 +30,14 @@ def live_sources(devices: Sequence[int] | None, extra: Sequence[RngSource] = ())
     if devices:
         for family in families:
             family.check_devices(devices)
-    return [source for family in families for source in family.expand(devices)] + list(extra)
+    key = (families, devices, *[family.available() for family in families])
+    expanded = _expansions.get(key)
+    if expanded is None:
+        expanded = tuple(source for family in families for source in family.expand(devices))
+        if len(_expansions) > 64:
+            _expansions.clear()
+        _expansions[key] = expanded
+    return [*expanded, *extra]
 
 
 def restore_all(entries: Iterable[tuple[RngSource, Part]], guards: Iterable[LazyGuard] = ()) -> None:
@@ -74,7 +86,7 @@ class Capture:
         entries = [(source, source.capture()) for source in sources]
         guards: list[LazyGuard] = []
         if guard:
-            for family in registered_sources():
+            for family in guarded_sources():
                 lazy = family.guard(devices)
                 if lazy is not None:
                     guards.append(lazy)

@@ -56,7 +56,7 @@ class fork_rng:  # noqa: N801 - named like torch.random.fork_rng, which it repla
             raise TypeError(f"enabled must be a bool, not {type(enabled).__name__}")
         self.enabled = enabled
         self.devices = check_devices(devices)
-        self._extra = generator_sources(generators)
+        self._extra = generator_sources(generators) if generators != () else ()
         # Per thread, so one fork_rng object can be open in several threads (and nested in each).
         self._local = threading.local()
 

@@ -24,6 +24,15 @@ from .objects import (
 
 _lock = threading.Lock()
 _sources: dict[str, RngSource] = {}
+# Kept as tuples, rebuilt on (rare) registration, so a fork reads them without copying.
+_ordered: tuple[RngSource, ...] = ()
+_guarded: tuple[RngSource, ...] = ()
+
+
+def _refresh() -> None:
+    global _ordered, _guarded
+    _ordered = tuple(_sources.values())
+    _guarded = tuple(s for s in _ordered if type(s).guard is not RngSource.guard)
 _codecs: dict[str, Codec] = {codec.tag: codec for codec in (
     PythonRandomSource.codec,
     RandomStateSource.codec,
@@ -61,6 +70,7 @@ def register_source(source: RngSource, *, replace: bool = False) -> RngSource:
             raise ValueError(f"another codec already uses the tag {codec.tag!r}")
         _codecs.setdefault(codec.tag, codec)
         _sources[name] = source
+        _refresh()
     return source
 
 
@@ -68,14 +78,21 @@ def unregister_source(name: str) -> RngSource:
     """Remove the source named ``name`` and return it; ``KeyError`` if there is none."""
     with _lock:
         try:
-            return _sources.pop(name)
+            source = _sources.pop(name)
         except KeyError:
             raise KeyError(f"no source named {name!r} is registered") from None
+        _refresh()
+        return source
 
 
 def registered_sources() -> tuple[RngSource, ...]:
     """The registered sources, in the order they are captured."""
-    return tuple(_sources.values())
+    return _ordered
+
+
+def guarded_sources() -> tuple[RngSource, ...]:
+    """The registered sources that guard a lazily initialized runtime."""
+    return _guarded
 
 
 def codec_for(tag: str) -> Codec | None:
