@@ -146,3 +146,16 @@ def test_missing_device_index(fake: FakeLazyBackend) -> None:
     sd["fake:5"] = rng_fork.get_rng_state(generators=[torch.Generator()]).state_dict()["generator:0"]
     with pytest.raises(ValueError, match="fake:5"):
         rng_fork.set_rng_state(sd)
+
+
+@pytest.mark.parametrize("name", ["xpu", "mtia"])
+def test_other_lazy_backends_are_registered_and_inert_without_devices(name: str) -> None:
+    module = getattr(torch, name)
+    entry = next(e for e in rng_fork.info() if e["name"] == name)
+    assert entry["initialized"] is False and entry["device_count"] == module.device_count()
+    if module.device_count():
+        pytest.skip(f"this machine has {name} devices")
+    with fork_rng(seed=1, devices=[0]):
+        torch.rand(1)
+    assert not module.is_initialized()
+    assert not any(n.startswith(f"{name}:") for n in rng_fork.get_rng_state().names)

@@ -109,3 +109,9 @@ register_source(PythonRandomSource("python", random._inst))
 register_source(RandomStateSource("numpy", np.random.mtrand._rand))
 register_source(TorchGeneratorSource("torch", torch.default_generator))
 register_source(LazyDeviceSource("cuda", torch.cuda))
+# XPU and MTIA mirror torch.cuda's lazy machinery; where the build has none of
+# their devices they capture nothing and guard nothing.
+for _name in ("xpu", "mtia"):
+    _module = getattr(torch, _name, None)
+    if _module is not None and all(hasattr(_module, attr) for attr in LazyDeviceSource.REQUIRED):
+        register_source(LazyDeviceSource(_name, _module))
