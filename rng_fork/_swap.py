@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 import warnings
 from collections.abc import Iterable, Sequence
+from typing import Generic, TypeVar
 
 from .errors import RngForkWarning, RngRestoreError
 from .sources import LazyGuard, Part, RngSource, registered_sources
@@ -59,6 +60,17 @@ def restore_all(entries: Iterable[tuple[RngSource, Part]], guards: Iterable[Lazy
             failures[f"{type(guard).__name__}"] = exc
     if failures:
         raise RngRestoreError(failures)
+
+
+T = TypeVar("T")
+
+
+class ThreadStack(threading.local, Generic[T]):
+    """What a reusable context manager has open, per thread, so one object can be
+    entered in several threads at once (and nested in each)."""
+
+    def __init__(self) -> None:
+        self.open: list[T] = []
 
 
 class Capture:

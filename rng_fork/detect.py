@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import functools
 import inspect
-import threading
 from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Any, TypeVar
 
+from ._swap import ThreadStack
 from .errors import RngTouchedError
 from .sources import generator_sources
 from .state import RngState
@@ -51,15 +51,10 @@ class assert_untouched:  # noqa: N801 - used like a function, as contextlib's he
     def __init__(self, *, generators: Iterable[object] = ()) -> None:
         self._generators = list(generators)
         generator_sources(self._generators)  # bad objects fail here, not at exit
-        self._local = threading.local()
-
-    def _stack(self) -> list[RngState]:
-        if not hasattr(self._local, "open"):
-            self._local.open = []
-        return self._local.open  # type: ignore[no-any-return]
+        self._open: ThreadStack[RngState] = ThreadStack()
 
     def __enter__(self) -> assert_untouched:
-        self._stack().append(RngState.capture(self._generators))
+        self._open.open.append(RngState.capture(self._generators))
         return self
 
     def __exit__(
@@ -68,7 +63,7 @@ class assert_untouched:  # noqa: N801 - used like a function, as contextlib's he
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        before = self._stack().pop()
+        before = self._open.open.pop()
         if exc is not None:
             return  # the block's own error matters more
         changed = diff(before, RngState.capture(self._generators))

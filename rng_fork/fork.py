@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Any, TypeVar
 
 from ._checks import check_devices, check_seed
-from ._swap import Capture, enter, leave
+from ._swap import Capture, ThreadStack, enter, leave
 from .sources import generator_sources
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -57,18 +56,10 @@ class fork_rng:  # noqa: N801 - named like torch.random.fork_rng, which it repla
         self.enabled = enabled
         self.devices = check_devices(devices)
         self._extra = generator_sources(generators) if generators != () else ()
-        # Per thread, so one fork_rng object can be open in several threads (and nested in each).
-        self._local = threading.local()
-
-    def _stack(self) -> list[Capture | None]:
-        try:
-            return self._local.open  # type: ignore[no-any-return]
-        except AttributeError:
-            self._local.open = []
-            return self._local.open  # type: ignore[no-any-return]
+        self._open: ThreadStack[Capture | None] = ThreadStack()
 
     def __enter__(self) -> fork_rng:
-        self._stack().append(enter(self.devices, self._extra, self.seed) if self.enabled else None)
+        self._open.open.append(enter(self.devices, self._extra, self.seed) if self.enabled else None)
         return self
 
     def __exit__(
@@ -77,7 +68,7 @@ class fork_rng:  # noqa: N801 - named like torch.random.fork_rng, which it repla
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        capture = self._stack().pop()
+        capture = self._open.open.pop()
         if capture is not None:
             leave(capture, exc)
 
