@@ -35,6 +35,8 @@ def check_devices(devices: Iterable[object] | None) -> tuple[int, ...] | None:
     """
     if devices is None:
         return None
+    if type(devices) in (list, tuple) and not devices:
+        return ()
     if isinstance(devices, (str, bytes, torch.device)) or not isinstance(devices, Iterable):
         raise TypeError(
             f"devices must be an iterable of device indices, not {type(devices).__name__}"

@@ -3,56 +3,109 @@
 ``fork_rng``, ``RngStream``, ``@isolated`` and ``set_rng_state`` all go through
 :class:`Capture`: take the live states of a set of sources, later put them
 back, restoring every source even when one fails.
+
+A fork is on the hot path of training loops, so what it captures is worked out
+once into a :class:`Plan` and reused until the registry or the availability
+of a source changes (a CUDA initialization, say).
 """
 
 from __future__ import annotations
 
-import threading
 import warnings
-from collections.abc import Iterable, Sequence
-from typing import Generic, TypeVar
+from collections.abc import Callable, Iterable, Sequence
+from threading import get_ident
+from typing import Any, Generic, TypeVar
 
 from .errors import RngForkWarning, RngRestoreError
 from .sources import LazyGuard, Part, RngSource, registered_sources
-from .sources.registry import guarded_sources
-
-# Expansions per (registry, devices, availability of each source): a fork then
-# costs one look-up instead of asking every source what it stands for.
-_expansions: dict[tuple[object, ...], tuple[RngSource, ...]] = {}
+from .sources.registry import on_change as on_registry_change
 
 
-def live_sources(devices: Sequence[int] | None, extra: Sequence[RngSource] = ()) -> list[RngSource]:
-    """The registered sources that can be captured now, then ``extra``.
+class SourceSet:
+    """Sources with their :meth:`~RngSource.savers`, resolved once and reused by every fork."""
+
+    __slots__ = ("loads", "saves", "sources")
+
+    def __init__(self, sources: Iterable[RngSource] = ()) -> None:
+        self.sources = tuple(sources)
+        pairs = [source.savers() for source in self.sources]
+        self.saves = tuple(save for save, _ in pairs)
+        self.loads = tuple(load for _, load in pairs)
+
+    def __add__(self, other: SourceSet) -> SourceSet:
+        joined = SourceSet()
+        joined.sources = self.sources + other.sources
+        joined.saves = self.saves + other.saves
+        joined.loads = self.loads + other.loads
+        return joined
+
+
+NO_SOURCES = SourceSet()
+
+
+class Plan:
+    """The sources a fork over ``devices`` captures, and the families it guards.
+
+    Valid while every probe (the ``available`` of each family whose
+    availability can change) gives the answer it gave when the plan was made;
+    a change to the registry drops every plan.
+    """
+
+    __slots__ = ("flags", "guarded", "probes", "sources")
+
+    def __init__(self, families: tuple[RngSource, ...], devices: Sequence[int] | None) -> None:
+        if devices:
+            for family in families:
+                family.check_devices(devices)
+        present = [family for family in families if not family.inert()]
+        self.probes: tuple[Callable[[], bool], ...] = tuple(
+            family.available for family in present if type(family).available is not RngSource.available
+        )
+        self.flags = [probe() for probe in self.probes]
+        self.sources = SourceSet(source for family in present for source in family.expand(devices))
+        self.guarded = tuple(family for family in present if type(family).guard is not RngSource.guard)
+
+    def current(self) -> bool:
+        """Whether every source is as available as when the plan was made."""
+        return not self.probes or [probe() for probe in self.probes] == self.flags
+
+
+_plans: dict[Sequence[int] | None, Plan] = {}
+on_registry_change(_plans.clear)
+
+
+def plan_for(devices: Sequence[int] | None) -> Plan:
+    """The current plan for ``devices`` (a tuple of indices or None for every device).
 
     Raises ``ValueError`` (before anything is captured) if ``devices`` names a
     device that a device source does not have.
     """
-    families = registered_sources()
-    if devices:
-        for family in families:
-            family.check_devices(devices)
-    key = (families, devices, *[family.available() for family in families])
-    expanded = _expansions.get(key)
-    if expanded is None:
-        expanded = tuple(source for family in families for source in family.expand(devices))
-        if len(_expansions) > 64:
-            _expansions.clear()
-        _expansions[key] = expanded
-    return [*expanded, *extra]
+    plan = _plans.get(devices)
+    if plan is None or not plan.current():
+        plan = Plan(registered_sources(), devices)
+        if len(_plans) > 64:
+            _plans.clear()
+        _plans[devices] = plan
+    return plan
 
 
-def restore_all(entries: Iterable[tuple[RngSource, Part]], guards: Iterable[LazyGuard] = ()) -> None:
-    """Restore every entry and release every guard; then raise for those that failed.
+def live_sources(devices: Sequence[int] | None, extra: Sequence[RngSource] = ()) -> list[RngSource]:
+    """The registered sources that can be captured now, then ``extra``."""
+    return [*plan_for(devices).sources.sources, *extra]
 
-    A failure does not stop the others: the process is never left half-restored
-    without an error that names each source that could not be put back.
-    """
+
+def capture_parts(devices: Sequence[int] | None, extra: Sequence[RngSource] = ()) -> list[tuple[RngSource, Part]]:
+    """``(source, part)`` for every live source and ``extra``: values a snapshot can keep."""
+    return [(source, source.capture()) for source in live_sources(devices, extra)]
+
+
+def _put_back(steps: Iterable[tuple[str, Callable[[Any], object], Any]], guards: Iterable[LazyGuard]) -> None:
     failures: dict[str, BaseException] = {}
-    for source, part in entries:
+    for name, load, value in steps:
         try:
-            source.restore(part)
+            load(value)
         except Exception as exc:  # noqa: BLE001 - every failure is reported below
-            failures[source.name] = exc
+            failures[name] = exc
     for guard in guards:
         try:
             guard.release()
@@ -62,58 +115,86 @@ def restore_all(entries: Iterable[tuple[RngSource, Part]], guards: Iterable[Lazy
         raise RngRestoreError(failures)
 
 
+def restore_all(entries: Sequence[tuple[RngSource, Part]], guards: Sequence[LazyGuard] = ()) -> None:
+    """Restore every entry and release every guard; then raise for those that failed.
+
+    A failure does not stop the others: the process is never left half-restored
+    without an error that names each source that could not be put back.
+    """
+    if not guards:
+        try:
+            for source, part in entries:
+                source.restore(part)
+        except Exception:  # noqa: BLE001 - redone below, where every failure is collected
+            pass
+        else:
+            return
+    _put_back(((source.name, source.restore, part) for source, part in entries), guards)
+
+
 T = TypeVar("T")
 
 
-class ThreadStack(threading.local, Generic[T]):
+class ThreadStack(Generic[T]):
     """What a reusable context manager has open, per thread, so one object can be
-    entered in several threads at once (and nested in each)."""
+    entered in several threads at once (and nested in each).
+
+    Items are kept with the thread that opened them; appending to and removing
+    from a list are atomic, so threads need no lock.
+    """
+
+    __slots__ = ("_items",)
 
     def __init__(self) -> None:
-        self.open: list[T] = []
+        self._items: list[tuple[int, T]] = []
+
+    def push(self, item: T) -> None:
+        """Open ``item`` in the calling thread."""
+        self._items.append((get_ident(), item))
+
+    def pop(self) -> T | None:
+        """Close and return the calling thread's innermost item (None if it has none)."""
+        items = self._items
+        me = get_ident()
+        for entry in reversed(items):
+            if entry[0] == me:
+                items.remove(entry)
+                return entry[1]
+        return None
 
 
 class Capture:
-    """Live states of some sources, and guards for runtimes not yet initialized.
+    """What one open fork saved: the sources, their saved states, the guards of
+    lazy runtimes, and the thread that opened it. Made by :func:`enter`."""
 
-    Example::
+    __slots__ = ("guards", "owner", "saved", "sources")
 
-        saved = Capture.take(devices=None)
-        ...                     # draw from anything
-        saved.restore()         # every generator as it was
-    """
-
-    __slots__ = ("entries", "guards")
-
-    def __init__(self, entries: list[tuple[RngSource, Part]], guards: list[LazyGuard]) -> None:
-        self.entries = entries
+    def __init__(self, sources: SourceSet, saved: list[Any], guards: Sequence[LazyGuard], owner: int) -> None:
+        self.sources = sources
+        self.saved = saved
         self.guards = guards
-
-    @classmethod
-    def take(
-        cls, devices: Sequence[int] | None, extra: Sequence[RngSource] = (), *, guard: bool = True
-    ) -> Capture:
-        """Capture every live source (and ``extra``); with ``guard``, guard lazy runtimes."""
-        sources = live_sources(devices, extra)
-        entries = [(source, source.capture()) for source in sources]
-        guards: list[LazyGuard] = []
-        if guard:
-            for family in guarded_sources():
-                lazy = family.guard(devices)
-                if lazy is not None:
-                    guards.append(lazy)
-        return cls(entries, guards)
+        self.owner = owner
 
     def seed(self, seed: int) -> None:
         """Seed every captured source and guarded runtime from ``seed``."""
-        for source, _ in self.entries:
+        for source in self.sources.sources:
             source.seed(seed)
         for guard in self.guards:
             guard.seed(seed)
 
     def restore(self) -> None:
         """Put every captured source back, and undo what happened to guarded runtimes."""
-        restore_all(self.entries, self.guards)
+        loads = self.sources.loads
+        if not self.guards:
+            try:
+                for load, saved in zip(loads, self.saved, strict=True):
+                    load(saved)
+            except Exception:  # noqa: BLE001 - redone below, where every failure is collected
+                pass
+            else:
+                return
+        names = [source.name for source in self.sources.sources]
+        _put_back(zip(names, loads, self.saved, strict=True), self.guards)
 
 
 # Forks open per thread: the generators are process-wide, so a fork in one
@@ -122,51 +203,61 @@ _open_forks: dict[int, int] = {}
 _warned_threads = False
 
 
-def _note_open() -> None:
+def _warn_threads() -> None:
     global _warned_threads
-    me = threading.get_ident()
-    others = len(_open_forks) - (1 if me in _open_forks else 0)
-    if others > 0 and not _warned_threads:
-        _warned_threads = True
-        warnings.warn(
-            "rng_fork: a fork was entered while another thread has one open. The generators are "
-            "process-wide, so each thread's block sees the other's draws and the first to exit undoes "
-            "them; give each thread its own generator objects (generators=) instead.",
-            RngForkWarning,
-            stacklevel=4,
-        )
-    _open_forks[me] = _open_forks.get(me, 0) + 1
+    _warned_threads = True
+    warnings.warn(
+        "rng_fork: a fork was entered while another thread has one open. The generators are "
+        "process-wide, so each thread's block sees the other's draws and the first to exit undoes "
+        "them; give each thread its own generator objects (generators=) instead.",
+        RngForkWarning,
+        stacklevel=4,
+    )
 
 
-def _note_closed() -> None:
-    me = threading.get_ident()
-    left = _open_forks.get(me, 1) - 1
-    if left:
-        _open_forks[me] = left
-    else:
-        _open_forks.pop(me, None)
+def enter(devices: Sequence[int] | None, extra: SourceSet, seed: int | None) -> Capture:
+    """Open a fork: save (and guard) every live source and ``extra``, then seed them if asked.
 
+    Example::
 
-def enter(devices: Sequence[int] | None, extra: Sequence[RngSource], seed: int | None) -> Capture:
-    """Open a fork: capture (and guard) every source, then seed them if asked."""
-    _note_open()
-    try:
-        capture = Capture.take(devices, extra)
-        if seed is not None:
+        capture = enter(None, NO_SOURCES, None)
+        ...                     # draw from anything
+        leave(capture, None)    # every generator as it was
+    """
+    plan = _plans.get(devices)
+    if plan is None or (plan.probes and not plan.current()):
+        plan = plan_for(devices)
+    sources = plan.sources + extra if extra.sources else plan.sources
+    saved = [save() for save in sources.saves]
+    guards: Sequence[LazyGuard] = ()
+    if plan.guarded:
+        guards = [g for g in (family.guard(devices) for family in plan.guarded) if g is not None]
+    me = get_ident()
+    capture = Capture(sources, saved, guards, me)
+    if seed is not None:
+        try:
             capture.seed(seed)
-    except BaseException:
-        _note_closed()
-        raise
+        except BaseException:
+            capture.restore()
+            raise
+    depth = _open_forks.get(me, 0)
+    if len(_open_forks) > (depth > 0) and not _warned_threads:
+        _warn_threads()
+    _open_forks[me] = depth + 1
     return capture
 
 
 def leave(capture: Capture, exc: BaseException | None) -> None:
     """Close a fork: restore everything; a failure is chained to the block's exception."""
+    me = capture.owner
+    depth = _open_forks.get(me, 1) - 1
+    if depth:
+        _open_forks[me] = depth
+    else:
+        _open_forks.pop(me, None)
     try:
         capture.restore()
     except RngRestoreError as failure:
         if exc is not None:
             raise failure from exc
         raise
-    finally:
-        _note_closed()

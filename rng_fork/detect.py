@@ -54,7 +54,7 @@ class assert_untouched:  # noqa: N801 - used like a function, as contextlib's he
         self._open: ThreadStack[RngState] = ThreadStack()
 
     def __enter__(self) -> assert_untouched:
-        self._open.open.append(RngState.capture(self._generators))
+        self._open.push(RngState.capture(self._generators))
         return self
 
     def __exit__(
@@ -63,7 +63,9 @@ class assert_untouched:  # noqa: N801 - used like a function, as contextlib's he
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        before = self._open.open.pop()
+        before = self._open.pop()
+        if before is None:
+            raise RuntimeError("assert_untouched exited in a thread that did not enter it")
         if exc is not None:
             return  # the block's own error matters more
         changed = diff(before, RngState.capture(self._generators))

@@ -7,7 +7,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from ._checks import check_devices, check_seed
-from ._swap import Capture, ThreadStack, enter, leave
+from ._swap import NO_SOURCES, Capture, SourceSet, ThreadStack, enter, leave
 from .sources import generator_sources
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -42,6 +42,8 @@ class fork_rng:  # noqa: N801 - named like torch.random.fork_rng, which it repla
         train_step()                       # sees the same numbers as without evaluate()
     """
 
+    __slots__ = ("_extra", "_open", "devices", "enabled", "seed")
+
     def __init__(
         self,
         seed: int | None = None,
@@ -50,16 +52,19 @@ class fork_rng:  # noqa: N801 - named like torch.random.fork_rng, which it repla
         devices: Iterable[object] | None = None,
         generators: Iterable[object] = (),
     ) -> None:
-        self.seed = check_seed(seed)
-        if not isinstance(enabled, bool):
+        # The defaults skip the checks: a fork in a training loop is built often.
+        self.seed = None if seed is None else check_seed(seed)
+        if enabled is not True and enabled is not False:
             raise TypeError(f"enabled must be a bool, not {type(enabled).__name__}")
         self.enabled = enabled
-        self.devices = check_devices(devices)
-        self._extra = generator_sources(generators) if generators != () else ()
-        self._open: ThreadStack[Capture | None] = ThreadStack()
+        self.devices = None if devices is None else check_devices(devices)
+        no_generators = type(generators) is tuple and not generators
+        self._extra = NO_SOURCES if no_generators else SourceSet(generator_sources(generators))
+        self._open: ThreadStack[Capture] = ThreadStack()
 
     def __enter__(self) -> fork_rng:
-        self._open.open.append(enter(self.devices, self._extra, self.seed) if self.enabled else None)
+        if self.enabled:
+            self._open.push(enter(self.devices, self._extra, self.seed))
         return self
 
     def __exit__(
@@ -68,7 +73,8 @@ class fork_rng:  # noqa: N801 - named like torch.random.fork_rng, which it repla
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        capture = self._open.open.pop()
+        # What was entered decides, not ``enabled`` now.
+        capture = self._open.pop()
         if capture is not None:
             leave(capture, exc)
 
@@ -87,7 +93,7 @@ class fork_rng:  # noqa: N801 - named like torch.random.fork_rng, which it repla
 
         if not self.enabled:
             return fn
-        return isolate_checked(fn, self.seed, self.devices, self._extra)
+        return isolate_checked(fn, self.seed, self.devices, self._extra.sources)
 
     def __repr__(self) -> str:
         return f"fork_rng(seed={self.seed}, enabled={self.enabled}, devices={self.devices})"

@@ -16,7 +16,7 @@ from types import TracebackType
 from typing import Any, Protocol, TypeVar, cast, overload
 
 from ._checks import check_devices, check_seed
-from ._swap import Capture, enter, leave, restore_all
+from ._swap import Capture, SourceSet, capture_parts, enter, leave, restore_all
 from .sources import Part, RngSource, generator_sources
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -73,6 +73,7 @@ class RngStream:
         self.seed = seed
         self.devices = devices
         self._extra = extra
+        self._swap = SourceSet(extra)
         self._own: list[tuple[RngSource, Part]] | None = None
         self._callers: list[Capture] = []
         self._lock = threading.RLock()
@@ -87,7 +88,7 @@ class RngStream:
             if self._callers:
                 self._callers.append(self._callers[-1])  # already active: keep drawing from it
                 return self
-            caller = enter(self.devices, self._extra, self.seed if self._own is None else None)
+            caller = enter(self.devices, self._swap, self.seed if self._own is None else None)
             if self._own is not None:
                 try:
                     restore_all(self._own)
@@ -107,7 +108,7 @@ class RngStream:
             caller = self._callers.pop()
             if self._callers:
                 return
-            self._own = Capture.take(self.devices, self._extra, guard=False).entries
+            self._own = capture_parts(self.devices, self._extra)
             leave(caller, exc)
 
     def __call__(self, fn: F) -> F:
@@ -204,9 +205,8 @@ def isolated(
 
 def isolate_checked(fn: F, seed: int | None, devices: tuple[int, ...] | None, extra: tuple[RngSource, ...]) -> F:
     """``isolated`` for arguments that were already checked (``fork_rng`` as a decorator)."""
-    return _wrap(
-        fn, lambda: _Fork(devices, extra, seed), lambda: RngStream._private(seed, devices, extra)
-    )
+    swap = SourceSet(extra)
+    return _wrap(fn, lambda: _Fork(devices, swap, seed), lambda: RngStream._private(seed, devices, extra))
 
 
 class _Fork:
@@ -214,7 +214,7 @@ class _Fork:
 
     __slots__ = ("capture", "devices", "extra", "seed")
 
-    def __init__(self, devices: tuple[int, ...] | None, extra: tuple[RngSource, ...], seed: int | None) -> None:
+    def __init__(self, devices: tuple[int, ...] | None, extra: SourceSet, seed: int | None) -> None:
         self.devices, self.extra, self.seed = devices, extra, seed
 
     def __enter__(self) -> None:

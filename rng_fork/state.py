@@ -6,7 +6,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from ._checks import check_seed
-from ._swap import live_sources, restore_all
+from ._swap import capture_parts, live_sources, restore_all
 from .sources import Part, RngSource, codec_for, generator_sources, registered_sources, source_family
 from .sources.objects import GENERATOR_PREFIX
 
@@ -57,8 +57,8 @@ class RngState:
     @classmethod
     def capture(cls, generators: Iterable[object] = ()) -> RngState:
         """A snapshot of every default source and of ``generators``; see :func:`get_rng_state`."""
-        sources = live_sources(None, generator_sources(generators))
-        return cls._trusted({s.name: (s.codec.tag, s.capture()) for s in sources})
+        parts = capture_parts(None, generator_sources(generators))
+        return cls._trusted({source.name: (source.codec.tag, part) for source, part in parts})
 
     @classmethod
     def _trusted(cls, parts: dict[str, tuple[str, Part]]) -> RngState:

@@ -658,3 +658,77 @@ def test_without_numpy_python_fast_path_still_works() -> None:
     fast_python, fast_numpy, info, same = _run_json(code, env)
     assert fast_python and same
     assert not fast_numpy and "numpy not importable" in info
+
+
+# --------------------------------------------------------------------------
+# savers: the (save, load) pairs forks use, in whichever mode is selected
+# --------------------------------------------------------------------------
+
+
+@SETTINGS
+@given(words=words_st, index=index_st, gauss_next=gauss_next_st, ops=py_ops_st, after=py_ops_st)
+def test_python_savers_equal_portable_snapshots_and_restore_exactly(
+    words: tuple[int, ...],
+    index: int,
+    gauss_next: float | None,
+    ops: list[tuple[str, int]],
+    after: list[tuple[str, int]],
+) -> None:
+    r = random.Random()
+    save, load = fp.python_savers(r)
+    set_py(r, words, index, gauss_next)
+    run_py(r, ops)
+    saved = save()
+    assert saved == fp.capture_python_portable(r)
+    reference = random.Random()
+    random.Random.setstate(reference, random.Random.getstate(r))
+    run_py(r, after)
+    load(saved)
+    assert py_stream(r) == py_stream(reference)
+
+
+@SETTINGS
+@given(
+    words=words_st,
+    pos=index_st,
+    has_gauss=st.sampled_from([0, 1]),
+    gauss=finite_st,
+    ops=np_ops_st,
+    after=np_ops_st,
+)
+def test_numpy_savers_equal_portable_snapshots_and_restore_exactly(
+    words: tuple[int, ...],
+    pos: int,
+    has_gauss: int,
+    gauss: float,
+    ops: list[tuple[str, int]],
+    after: list[tuple[str, int]],
+) -> None:
+    rs = np.random.RandomState(0)
+    save, load = fp.numpy_savers(rs)
+    set_np(rs, words, pos, has_gauss, gauss)
+    run_np(rs, ops)
+    saved = save()
+    assert saved == fp.capture_numpy_portable(rs)
+    reference = np.random.RandomState(0)
+    reference.set_state(rs.get_state())
+    run_np(rs, after)
+    load(saved)
+    assert np_stream(rs) == np_stream(reference)
+
+
+def test_numpy_savers_follow_a_new_bit_generator() -> None:
+    rs = np.random.RandomState(1)
+    save, load = fp.numpy_savers(rs)
+    for replacement in (np.random.MT19937(5), np.random.PCG64(5)):
+        rs.__init__(replacement)  # type: ignore[misc]
+        rs.randn()
+        saved = save()
+        expected = np_stream(rs)
+        load(saved)
+        assert np_stream(rs) == expected
+    rs._bit_generator = np.random.MT19937(9)  # the attribute alone: the official API is used
+    saved = save()
+    assert saved == fp.capture_numpy_portable(rs)
+    load(saved)
+    assert fp.capture_numpy_portable(rs) == saved

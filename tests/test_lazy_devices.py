@@ -159,3 +159,32 @@ def test_other_lazy_backends_are_registered_and_inert_without_devices(name: str)
         torch.rand(1)
     assert not module.is_initialized()
     assert not any(n.startswith(f"{name}:") for n in rng_fork.get_rng_state().names)
+
+
+def test_a_fork_sees_a_backend_initialize_between_forks(fake: FakeLazyBackend) -> None:
+    # The first fork caches a plan without the backend's devices; the next one
+    # must notice the initialization and fork them.
+    with fork_rng():
+        pass
+    fake.init()
+    before = [g.get_state() for g in fake.default_generators]
+    with fork_rng():
+        fake.rand(0)
+    assert torch.equal(fake.default_generators[0].get_state(), before[0])
+
+
+def test_a_backend_without_devices_is_inert() -> None:
+    from rng_fork._swap import plan_for
+
+    empty = FakeLazyBackend(count=0)
+    source = rng_fork.register_source(LazyDeviceSource("empty", empty, device_type="cpu"))
+    try:
+        assert source.inert()
+        plan = plan_for(None)
+        assert source not in plan.guarded
+        assert source.available not in plan.probes
+        with fork_rng(seed=2):
+            torch.rand(1)
+        assert not empty._queued_calls and not empty.is_initialized()
+    finally:
+        rng_fork.unregister_source("empty")

@@ -1,6 +1,6 @@
 """Adapters for every RNG family, and the registry that lists the default ones."""
 
-from .base import Codec, LazyGuard, Part, PlainCodec, RngSource
+from .base import Codec, LazyGuard, Part, PlainCodec, RngSource, Savers
 from .devices import LazyDeviceSource
 from .objects import (
     BitGeneratorSource,
@@ -21,6 +21,7 @@ __all__ = [
     "PythonRandomSource",
     "RandomStateSource",
     "RngSource",
+    "Savers",
     "TorchGeneratorSource",
     "codec_for",
     "generator_sources",

@@ -51,6 +51,7 @@ bounds, exactly as it would through a raw ``ctypes`` write).
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import random
 import struct
@@ -81,6 +82,8 @@ __all__ = [
     "restore_numpy_portable",
     "restore_python",
     "restore_python_portable",
+    "numpy_savers",
+    "python_savers",
 ]
 
 #: ``(raw index + 624 words, gauss_next)`` snapshot of a ``random.Random``.
@@ -669,6 +672,72 @@ if FAST_NUMPY:
     capture_numpy, restore_numpy = _capture_numpy_fast, _restore_numpy_fast
 else:
     capture_numpy, restore_numpy = capture_numpy_portable, restore_numpy_portable
+
+
+PySavers = tuple[Callable[[], PyCapture], Callable[[PyCapture], None]]
+
+
+def python_savers(r: random.Random) -> PySavers:
+    """``(save, load)`` bound to ``r``: the cheapest copy of its state out and back in.
+
+    ``load`` takes only what ``save`` returned (the same format as
+    :func:`capture_python`), so it skips the checks a restore makes.
+    """
+    if not FAST_PYTHON:
+        return functools.partial(capture_python_portable, r), functools.partial(restore_python_portable, r)
+    # The closures hold r, which keeps the view's memory valid.
+    view = _py_view(r)
+
+    def save() -> PyCapture:
+        return (view.raw, r.gauss_next)  # type: ignore[attr-defined]
+
+    def load(saved: PyCapture) -> None:
+        view.raw = saved[0]
+        r.gauss_next = saved[1]  # type: ignore[attr-defined]
+
+    return save, load
+
+
+def numpy_savers(rs: np.random.RandomState) -> tuple[Callable[[], Any], Callable[[Any], None]]:
+    """``(save, load)`` bound to ``rs``, as :func:`python_savers`.
+
+    Unlike the snapshot functions these take any bit generator (through the
+    official ``get_state``/``set_state`` where it is not MT19937), so a fork
+    stays exact after ``np.random.set_bit_generator``; they re-check the bit
+    generator on every call.
+    """
+
+    def save_any() -> Any:
+        if isinstance(rs._bit_generator, np.random.MT19937):
+            return capture_numpy(rs)
+        return rs.get_state(legacy=False)
+
+    def load_any(saved: Any) -> None:
+        if isinstance(saved, dict):
+            rs.set_state(saved)
+        else:
+            restore_numpy(rs, saved)
+
+    entry = _np_entry(rs) if FAST_NUMPY and isinstance(rs._bit_generator, np.random.MT19937) else None
+    if entry is None:
+        return save_any, load_any
+    bg, mt, has_gauss, gauss = entry.bg, entry.mt, entry.has_gauss, entry.gauss
+
+    def save() -> Any:
+        if rs._bit_generator is not bg:
+            return save_any()
+        return (mt.raw, has_gauss.value, gauss.value)
+
+    def load(saved: Any) -> None:
+        if rs._bit_generator is not bg or type(saved) is not tuple:
+            load_any(saved)
+            return
+        # Same order as RandomState.set_state: cache first, then the MT state.
+        gauss.value = saved[2]
+        has_gauss.value = saved[1]
+        mt.raw = saved[0]
+
+    return save, load
 
 
 def fast_path_info() -> dict[str, str]:

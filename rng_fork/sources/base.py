@@ -14,7 +14,7 @@ value, not a view of live generators.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any, Protocol
 
 Part = Hashable
@@ -22,6 +22,9 @@ Part = Hashable
 
 Plain = dict[str, Any]
 """A part as checkpoint data: tensors, ints, floats, bools, strings, lists and dicts."""
+
+Savers = tuple[Callable[[], Any], Callable[[Any], object]]
+"""``(save, load)`` of one generator: ``load(save())`` puts its state back."""
 
 
 class Codec(ABC):
@@ -91,7 +94,8 @@ class RngSource(ABC):
     Subclass it to add a source, then :func:`rng_fork.register_source` an instance.
     A source that stands for several generators (one per device) overrides
     ``expand`` and ``resolve``; one whose runtime initializes lazily also
-    overrides ``guard``.
+    overrides ``guard``. Forks cache what they capture, and ask ``available``
+    again before each fork only where a subclass overrides it.
 
     Example::
 
@@ -118,6 +122,13 @@ class RngSource(ABC):
         """Whether this source can be captured now without side effects."""
         return True
 
+    def inert(self) -> bool:
+        """Whether this source can never capture nor guard anything in this process.
+
+        A backend with no devices is inert; forks then skip it without asking again.
+        """
+        return False
+
     @abstractmethod
     def capture(self) -> Part:
         """Return the generator's current state as an immutable part."""
@@ -129,6 +140,16 @@ class RngSource(ABC):
     @abstractmethod
     def seed(self, seed: int) -> None:
         """Seed the generator from an int in ``[0, 2**32)``."""
+
+    def savers(self) -> Savers:
+        """``(save, load)``: the cheapest way to copy this generator's state out and back in.
+
+        Forks use it: ``load(save())`` must restore exactly, but what ``save``
+        returns never leaves the fork, so it need not be a checked, immutable
+        part. The default is ``(capture, restore)``; override it only where
+        something cheaper exists (torch's generators hand out their state tensor).
+        """
+        return self.capture, self.restore
 
     def check_target(self, part: Part) -> None:
         """Raise if ``part`` (well formed for the codec) cannot go into this generator."""

@@ -44,6 +44,10 @@ class LazyDeviceSource(RngSource):
     def available(self) -> bool:
         return bool(self.module.is_initialized())
 
+    def inert(self) -> bool:
+        # Without devices the runtime can never initialize.
+        return not self.device_count()
+
     def device_count(self) -> int:
         """Devices visible to the backend; asks the driver without initializing.
 

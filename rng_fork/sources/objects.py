@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from . import _fastpath
-from .base import Codec, Part, Plain, RngSource
+from .base import Codec, Part, Plain, RngSource, Savers
 
 _MT_WORDS = 624
 _MT_BYTES = _MT_WORDS * 4
@@ -141,6 +141,9 @@ class PythonRandomSource(_ObjectSource[random.Random]):
     def restore(self, part: Part) -> None:
         _fastpath.restore_python(self.obj, part)  # type: ignore[arg-type]
 
+    def savers(self) -> _fastpath.PySavers:
+        return _fastpath.python_savers(self.obj)
+
     def seed(self, seed: int) -> None:
         self.obj.seed(seed)
 
@@ -200,15 +203,29 @@ class RandomStateSource(_ObjectSource[np.random.RandomState]):
 
     codec = RandomStateCodec()
 
-    def available(self) -> bool:
-        # A RandomState built on another bit generator has no MT19937 key to save.
+    def _on_mt19937(self) -> bool:
         return isinstance(self.obj._bit_generator, np.random.MT19937)
 
     def capture(self) -> Part:
+        # Snapshots hold MT19937 states; a fork (savers) takes any bit generator.
+        if not self._on_mt19937():
+            raise TypeError(
+                f"{self.name}: this RandomState draws from {type(self.obj._bit_generator).__name__}; "
+                "snapshots cover MT19937 only (fork_rng covers any bit generator)"
+            )
         return _fastpath.capture_numpy(self.obj)
 
     def restore(self, part: Part) -> None:
         _fastpath.restore_numpy(self.obj, part)  # type: ignore[arg-type]
+
+    def savers(self) -> Savers:
+        return _fastpath.numpy_savers(self.obj)
+
+    def check_target(self, part: Part) -> None:
+        if not self._on_mt19937():
+            raise ValueError(
+                f"an MT19937 state cannot go into a RandomState drawing from {type(self.obj._bit_generator).__name__}"
+            )
 
     def seed(self, seed: int) -> None:
         self.obj.seed(seed)
@@ -422,6 +439,10 @@ class TorchGeneratorSource(_ObjectSource[torch.Generator]):
     def restore(self, part: Part) -> None:
         self.obj.set_state(cast(TorchState, part).tensor)
 
+    def savers(self) -> Savers:
+        # The generator's own methods: no Python frame, no wrapper object.
+        return self.obj.get_state, self.obj.set_state
+
     def seed(self, seed: int) -> None:
         self.obj.manual_seed(seed)
 
@@ -475,10 +496,9 @@ def _source_for(name: str, obj: object) -> RngSource:
     if isinstance(obj, random.Random):
         return PythonRandomSource(name, obj)
     if isinstance(obj, np.random.RandomState):
-        source = RandomStateSource(name, obj)
-        if not source.available():
+        if not isinstance(obj._bit_generator, np.random.MT19937):
             raise TypeError("only a RandomState on MT19937 can be forked")
-        return source
+        return RandomStateSource(name, obj)
     if isinstance(obj, np.random.BitGenerator):
         return BitGeneratorSource(name, obj)
     assert isinstance(obj, torch.Generator)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 import threading
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -29,10 +30,23 @@ _ordered: tuple[RngSource, ...] = ()
 _guarded: tuple[RngSource, ...] = ()
 
 
+# Called after every change, so caches built from the registry can drop themselves.
+_listeners: list[Callable[[], object]] = []
+
+
+def on_change(listener: Callable[[], object]) -> None:
+    """Call ``listener()`` after every registration and unregistration."""
+    _listeners.append(listener)
+
+
 def _refresh() -> None:
     global _ordered, _guarded
     _ordered = tuple(_sources.values())
     _guarded = tuple(s for s in _ordered if type(s).guard is not RngSource.guard)
+    for listener in _listeners:
+        listener()
+
+
 _codecs: dict[str, Codec] = {codec.tag: codec for codec in (
     PythonRandomSource.codec,
     RandomStateSource.codec,
