@@ -217,3 +217,36 @@ def test_isolated_and_stream_on_cuda() -> None:
     # Philox advances per kernel launch, so compare launch for launch.
     assert a == torch.rand(2, device="cuda").tolist()
     assert b == torch.rand(2, device="cuda").tolist()
+
+
+def test_fork_during_graph_capture() -> None:
+    """Inside torch.cuda.graph: a clear error for CUDA sources, CPU-only forks work,
+    and a fork around the capture restores the generator the capture advanced."""
+    torch.cuda.init()
+    static = torch.zeros(16, device="cuda")
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):  # warm-up outside capture, as torch's docs ask
+        static.copy_(torch.rand(16, device="cuda"))
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    cpu_before = torch.get_rng_state()
+    with torch.cuda.graph(graph):
+        with pytest.raises(RuntimeError, match="outside the captured region"):
+            with fork_rng():
+                pass
+        with fork_rng(devices=[]):
+            torch.rand(3)  # CPU draws inside the capture region
+        static.copy_(torch.rand(16, device="cuda"))
+    assert torch.equal(torch.get_rng_state(), cpu_before)
+    graph.replay()
+    torch.cuda.synchronize()
+
+    before = torch.cuda.get_rng_state()
+    with fork_rng():
+        graph2 = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph2):
+            static.copy_(torch.rand(16, device="cuda"))
+        graph2.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(torch.cuda.get_rng_state(), before)

@@ -1,7 +1,7 @@
 """Adapters for every RNG family, and the registry that lists the default ones."""
 
 from .base import Codec, LazyGuard, Part, PlainCodec, RngSource, Savers
-from .devices import LazyDeviceSource
+from .devices import LazyDeviceSource, ModuleDeviceSource, device_source
 from .objects import (
     BitGeneratorSource,
     PythonRandomSource,
@@ -16,6 +16,7 @@ __all__ = [
     "Codec",
     "LazyDeviceSource",
     "LazyGuard",
+    "ModuleDeviceSource",
     "Part",
     "PlainCodec",
     "PythonRandomSource",
@@ -24,6 +25,7 @@ __all__ = [
     "Savers",
     "TorchGeneratorSource",
     "codec_for",
+    "device_source",
     "generator_sources",
     "register_source",
     "registered_sources",

@@ -1,38 +1,37 @@
-"""Sources for accelerators whose runtime initializes lazily (CUDA, XPU, MTIA).
+"""Sources for accelerators: one family per device type, one generator per device.
 
-Reading a device generator initializes its runtime, which breaks forked
+Reading a device generator can initialize its runtime, which breaks forked
 DataLoader workers and costs seconds. So a device's generators are captured
-only while its runtime is already initialized; otherwise a guard undoes what a
-block does to the not-yet-initialized runtime: seeds it queued for a later
-initialization, or an initialization it caused.
+only while its runtime is already initialized. For backends with torch.cuda's
+lazy machinery (CUDA, XPU, MTIA, PrivateUse1 backends that copy it) a guard
+undoes what a block does to a not-yet-initialized runtime: seeds it queued for
+a later initialization, or an initialization it caused. Backends reached only
+through their module's RNG functions (MPS, other PrivateUse1 backends) are
+forked while initialized; a block that initializes one is reported.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from types import ModuleType
 from typing import Any
 
-from .base import RngSource
-from .objects import TorchGeneratorSource
+from ..errors import RngForkWarning
+from .base import RngSource, Savers
+from .objects import TorchGeneratorSource, TorchState
 
 QueuedCall = tuple[Callable[[], None], Any]
 
+GRAPH_CAPTURE_HELP = (
+    "{name}: torch cannot read or set a device generator's state during CUDA graph capture. "
+    "Enter fork_rng/@isolated outside the captured region (around torch.cuda.graph), or pass "
+    "devices=[] to fork only the CPU-side generators inside it."
+)
 
-class LazyDeviceSource(RngSource):
-    """Every device of one lazily initialized backend, as ``name:0``, ``name:1``, ...
 
-    ``module`` is the backend's torch module (``torch.cuda``, ``torch.xpu``):
-    anything with ``is_initialized``, ``device_count``, ``default_generators``,
-    ``manual_seed_all``, ``_lazy_call``, ``_queued_calls`` and
-    ``_lazy_seed_tracker``, which lets tests stand one in on the CPU.
-    """
-
-    REQUIRED = (
-        "is_initialized", "device_count", "default_generators", "manual_seed_all",
-        "set_rng_state", "_queued_calls", "_lazy_seed_tracker",
-    )
-    """What a backend module needs for this source."""
+class _DeviceFamily(RngSource):
+    """What every per-device-type family shares: the device count and device selection."""
 
     def __init__(self, name: str, module: ModuleType | Any, *, device_type: str | None = None) -> None:
         self.name = name
@@ -42,11 +41,10 @@ class LazyDeviceSource(RngSource):
         self._count: int | None = None
 
     def available(self) -> bool:
-        return bool(self.module.is_initialized())
-
-    def inert(self) -> bool:
-        # Without devices the runtime can never initialize.
-        return not self.device_count()
+        is_initialized = getattr(self.module, "is_initialized", None)
+        if is_initialized is None:  # no lazy initialization (MPS): usable whenever a device exists
+            return self.device_count() > 0
+        return bool(is_initialized())
 
     def device_count(self) -> int:
         """Devices visible to the backend; asks the driver without initializing.
@@ -60,6 +58,10 @@ class LazyDeviceSource(RngSource):
                 self._count = 0
         return self._count
 
+    def inert(self) -> bool:
+        # Without devices the runtime can never initialize.
+        return not self.device_count()
+
     def check_devices(self, devices: Sequence[int]) -> None:
         # A backend with no devices at all is skipped, so code written with
         # devices=[0] also runs on a machine without that accelerator.
@@ -70,6 +72,76 @@ class LazyDeviceSource(RngSource):
         if missing:
             raise ValueError(f"{self.name} has {count} device(s); no device {missing[0]} to fork")
 
+    def _index(self, name: str) -> int | None:
+        prefix, _, index = name.partition(":")
+        return int(index) if prefix == self.name and index.isdigit() else None
+
+    def capture(self) -> Any:
+        raise TypeError(f"{self.name} stands for several devices; capture each of expand()")
+
+    def restore(self, part: Any) -> None:
+        raise TypeError(f"{self.name} stands for several devices; restore each of expand()")
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "initialized": self.available(), "device_count": self.device_count()}
+
+
+class _DeviceGeneratorSource(TorchGeneratorSource):
+    """A device's default generator; explains the failure torch gives during graph capture."""
+
+    def __init__(self, name: str, obj: Any, module: Any) -> None:
+        super().__init__(name, obj)
+        self.module = module
+        self._save = self._explaining(obj.get_state)
+        self._load = self._explaining(obj.set_state)
+
+    def _capturing(self) -> bool:
+        capturing = getattr(self.module, "is_current_stream_capturing", None)
+        try:
+            return bool(capturing()) if capturing is not None else False
+        except Exception:  # noqa: BLE001 - no answer means: not known to be capturing
+            return False
+
+    def _explaining(self, call: Callable[..., Any]) -> Callable[..., Any]:
+        def explained(*args: Any) -> Any:
+            try:
+                return call(*args)
+            except RuntimeError:
+                if not self._capturing():
+                    raise
+                raise RuntimeError(GRAPH_CAPTURE_HELP.format(name=self.name)) from None
+
+        return explained
+
+    def savers(self) -> Savers:
+        return self._save, self._load
+
+    def capture(self) -> TorchState:
+        return TorchState(self.device_type, self._save())
+
+    def restore(self, part: Any) -> None:
+        self._load(part.tensor)
+
+
+class LazyDeviceSource(_DeviceFamily):
+    """Every device of one lazily initialized backend, as ``name:0``, ``name:1``, ...
+
+    ``module`` is the backend's torch module (``torch.cuda``, ``torch.xpu``):
+    anything with ``is_initialized``, ``device_count``, ``default_generators``,
+    ``manual_seed_all``, ``set_rng_state``, ``_queued_calls`` and
+    ``_lazy_seed_tracker``, which lets tests stand one in on the CPU.
+
+    Example::
+
+        register_source(LazyDeviceSource("npu", torch.npu))   # a backend that copies torch.cuda
+    """
+
+    REQUIRED = (
+        "is_initialized", "device_count", "default_generators", "manual_seed_all",
+        "set_rng_state", "_queued_calls", "_lazy_seed_tracker",
+    )
+    """What a backend module needs for this source."""
+
     def _indices(self, devices: Sequence[int] | None) -> Sequence[int]:
         return range(len(self.module.default_generators)) if devices is None else devices
 
@@ -77,25 +149,20 @@ class LazyDeviceSource(RngSource):
         if not self.available():
             return ()
         generators = self.module.default_generators
-        return tuple(TorchGeneratorSource(f"{self.name}:{i}", generators[i]) for i in self._indices(devices))
+        return tuple(
+            _DeviceGeneratorSource(f"{self.name}:{i}", generators[i], self.module) for i in self._indices(devices)
+        )
 
     def resolve(self, name: str) -> RngSource | None:
-        prefix, _, index = name.partition(":")
-        if prefix != self.name or not index.isdigit():
+        device = self._index(name)
+        if device is None:
             return None
-        device = int(index)
         if self.available():
             generators = self.module.default_generators
-            return TorchGeneratorSource(name, generators[device]) if device < len(generators) else None
+            return _DeviceGeneratorSource(name, generators[device], self.module) if device < len(generators) else None
         if device < self.device_count():
             return _QueuedDeviceSource(name, self.module, device, self.device_type)
         return None
-
-    def capture(self) -> Any:
-        raise TypeError(f"{self.name} stands for several devices; capture each of expand()")
-
-    def restore(self, part: Any) -> None:
-        raise TypeError(f"{self.name} stands for several devices; restore each of expand()")
 
     def seed(self, seed: int) -> None:
         """Seed every device, lazily (at initialization) if the runtime is not up yet."""
@@ -107,8 +174,95 @@ class LazyDeviceSource(RngSource):
             return None
         return _LazyInitGuard(self.module, devices) if self.device_count() else None
 
-    def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "initialized": self.available(), "device_count": self.device_count()}
+
+class ModuleDeviceSource(_DeviceFamily):
+    """Every device of a backend reached through its module's RNG functions, as ``name:0``, ...
+
+    For MPS and PrivateUse1 backends without torch.cuda's lazy machinery:
+    ``module`` needs ``device_count``, ``get_rng_state(device)`` and
+    ``set_rng_state(state, device)``; ``is_initialized`` (if present) decides
+    whether the devices are forked, and ``default_generators``,
+    ``manual_seed`` or ``manual_seed_all`` seed them. A block that initializes
+    such a backend cannot be undone (torch keeps no record of a fresh state);
+    it gets an :class:`~rng_fork.RngForkWarning` instead.
+
+    Example::
+
+        register_source(ModuleDeviceSource("mps", torch.mps))
+    """
+
+    REQUIRED = ("device_count", "get_rng_state", "set_rng_state")
+    """What a backend module needs for this source."""
+
+    def expand(self, devices: Sequence[int] | None) -> Sequence[RngSource]:
+        if not self.available():
+            return ()
+        indices = range(self.device_count()) if devices is None else devices
+        return tuple(_ModuleDevice(self, i) for i in indices)
+
+    def resolve(self, name: str) -> RngSource | None:
+        device = self._index(name)
+        if device is None or device >= self.device_count() or not self.available():
+            return None
+        return _ModuleDevice(self, device)
+
+    def seed(self, seed: int) -> None:
+        for i in range(self.device_count()):
+            _ModuleDevice(self, i).seed(seed)
+
+    def guard(self, devices: Sequence[int] | None) -> _InitWatch | None:
+        if devices == () or self.available():
+            return None
+        return _InitWatch(self)
+
+
+class _ModuleDevice(RngSource):
+    """One device of a :class:`ModuleDeviceSource`."""
+
+    def __init__(self, family: ModuleDeviceSource, device: int) -> None:
+        self.name = f"{family.name}:{device}"
+        self.codec = family.codec
+        self.family = family
+        self.device = device
+
+    def capture(self) -> TorchState:
+        return TorchState(self.family.device_type, self.family.module.get_rng_state(self.device))
+
+    def restore(self, part: Any) -> None:
+        self.family.module.set_rng_state(part.tensor, self.device)
+
+    def seed(self, seed: int) -> None:
+        module = self.family.module
+        generators = getattr(module, "default_generators", None)
+        if generators is not None:
+            generators[self.device].manual_seed(seed)
+        elif self.family.device_count() == 1 and hasattr(module, "manual_seed"):
+            module.manual_seed(seed)
+        else:
+            module.manual_seed_all(seed)
+
+    def check_target(self, part: Any) -> None:
+        if part.device_type != self.family.device_type:
+            raise ValueError(f"a {part.device_type} generator state cannot go into {self.name}")
+
+
+class _InitWatch:
+    """Reports a block that initialized a backend whose fresh state cannot be recorded."""
+
+    def __init__(self, family: ModuleDeviceSource) -> None:
+        self.family = family
+
+    def seed(self, seed: int) -> None:
+        return None  # seeding would initialize the backend; the block starts it fresh
+
+    def release(self) -> None:
+        if self.family.available():
+            warnings.warn(
+                f"rng_fork: the block initialized {self.family.name}; its generators keep what the block drew "
+                f"(torch offers no lazy record of their fresh state). Initialize {self.family.name} before the fork.",
+                RngForkWarning,
+                stacklevel=4,
+            )
 
 
 class _QueuedDeviceSource(TorchGeneratorSource):
@@ -205,3 +359,33 @@ class _LazyInitGuard:
                 entry[0]()
         for i, state in unforked.items():
             generators[i].set_state(state)
+
+
+def device_source(device_type: str, module: ModuleType | Any = None) -> RngSource:
+    """The source for every device of ``device_type``, chosen by what its torch module offers.
+
+    ``module`` defaults to ``torch.<device_type>`` (the module a PrivateUse1
+    backend registers). A module with torch.cuda's lazy machinery gets a
+    :class:`LazyDeviceSource`, one with only RNG functions a
+    :class:`ModuleDeviceSource`. CUDA, XPU, MTIA, MPS and a PrivateUse1 backend
+    imported before rng_fork are registered at import; register others yourself.
+
+    Example::
+
+        import torch_npu   # a PrivateUse1 backend imported after rng_fork
+        rng_fork.register_source(device_source("npu"))
+    """
+    if not isinstance(device_type, str) or not device_type:
+        raise TypeError(f"device_type must be a non-empty str, not {device_type!r}")
+    if module is None:
+        import torch
+
+        module = getattr(torch, device_type, None)
+        if module is None:
+            raise ValueError(f"torch has no module for device type {device_type!r} (torch.{device_type})")
+    if all(hasattr(module, attr) for attr in LazyDeviceSource.REQUIRED):
+        return LazyDeviceSource(device_type, module)
+    if all(hasattr(module, attr) for attr in ModuleDeviceSource.REQUIRED):
+        return ModuleDeviceSource(device_type, module)
+    missing = [attr for attr in ModuleDeviceSource.REQUIRED if not hasattr(module, attr)]
+    raise TypeError(f"the module for {device_type!r} has no {', '.join(missing)}: no generator to fork")

@@ -6,6 +6,7 @@ registration order.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import threading
 from collections.abc import Callable
@@ -14,7 +15,7 @@ import numpy as np
 import torch
 
 from .base import Codec, RngSource
-from .devices import LazyDeviceSource
+from .devices import LazyDeviceSource, device_source
 from .objects import (
     GENERATOR_PREFIX,
     BitGeneratorCodec,
@@ -122,10 +123,18 @@ def source_family(name: str) -> RngSource | None:
 register_source(PythonRandomSource("python", random._inst))
 register_source(RandomStateSource("numpy", np.random.mtrand._rand))
 register_source(TorchGeneratorSource("torch", torch.default_generator))
+def _default_device_types() -> list[str]:
+    # CUDA first, then the other backends torch.manual_seed seeds; a renamed
+    # PrivateUse1 backend is found only if its package was imported before rng_fork.
+    names = ["cuda", "xpu", "mtia", "mps"]
+    custom = torch._C._get_privateuse1_backend_name()
+    if custom not in names and custom != "privateuseone":
+        names.append(custom)
+    return names
+
+
 register_source(LazyDeviceSource("cuda", torch.cuda))
-# XPU and MTIA mirror torch.cuda's lazy machinery; where the build has none of
-# their devices they capture nothing and guard nothing.
-for _name in ("xpu", "mtia"):
-    _module = getattr(torch, _name, None)
-    if _module is not None and all(hasattr(_module, attr) for attr in LazyDeviceSource.REQUIRED):
-        register_source(LazyDeviceSource(_name, _module))
+# The others capture nothing and guard nothing where the machine has none of their devices.
+for _name in _default_device_types()[1:]:
+    with contextlib.suppress(TypeError, ValueError):  # a build without such a module
+        register_source(device_source(_name))

@@ -67,3 +67,49 @@ class FakeLazyBackend:
     def rand(self, device: int, n: int = 3) -> list[float]:
         self.init()
         return torch.rand(n, generator=self.default_generators[device]).tolist()
+
+
+class FakeModuleBackend:
+    """A stand-in for a backend reached only through RNG functions (MPS, many PrivateUse1 backends).
+
+    With ``lazy=False`` it has no ``is_initialized`` at all, as ``torch.mps``.
+    """
+
+    def __init__(self, count: int = 2, *, lazy: bool = True) -> None:
+        self.count = count
+        self._generators: list[torch.Generator] = []
+        self._initialized = not lazy
+        if lazy:
+            self.is_initialized = lambda: self._initialized
+        if not lazy:
+            self._create()
+
+    def _create(self) -> None:
+        self._generators = [torch.Generator() for _ in range(self.count)]
+        for generator in self._generators:
+            generator.seed()
+
+    def init(self) -> None:
+        if not self._initialized:
+            self._create()
+            self._initialized = True
+
+    def device_count(self) -> int:
+        return self.count
+
+    def get_rng_state(self, device: int = 0) -> torch.Tensor:
+        self.init()
+        return self._generators[device].get_state()
+
+    def set_rng_state(self, state: torch.Tensor, device: int = 0) -> None:
+        self.init()
+        self._generators[device].set_state(state)
+
+    def manual_seed_all(self, seed: int) -> None:
+        self.init()
+        for generator in self._generators:
+            generator.manual_seed(seed)
+
+    def rand(self, device: int, n: int = 3) -> list[float]:
+        self.init()
+        return torch.rand(n, generator=self._generators[device]).tolist()

@@ -1,0 +1,204 @@
+"""Backends other than CUDA, and CUDA graph capture, against stand-in modules on the CPU.
+
+``ModuleDeviceSource`` covers MPS and PrivateUse1 backends that offer only RNG
+functions; ``LazyDeviceSource`` (see test_lazy_devices.py) those that copy
+torch.cuda. The real-hardware checks are in test_cuda.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import torch
+
+import rng_fork
+from rng_fork import RngForkWarning, fork_rng
+from rng_fork.sources import LazyDeviceSource, ModuleDeviceSource, device_source
+
+from .fakebackend import FakeLazyBackend, FakeModuleBackend
+
+
+@pytest.fixture
+def acc() -> Iterator[FakeModuleBackend]:
+    backend = FakeModuleBackend(count=2)
+    rng_fork.register_source(ModuleDeviceSource("acc", backend, device_type="cpu"))
+    try:
+        yield backend
+    finally:
+        rng_fork.unregister_source("acc")
+
+
+def _states(backend: FakeModuleBackend) -> list[torch.Tensor]:
+    return [backend.get_rng_state(i) for i in range(backend.count)]
+
+
+def _same(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
+    return all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+def test_initialized_devices_are_forked_and_snapshotted(acc: FakeModuleBackend) -> None:
+    acc.init()
+    before = _states(acc)
+    with fork_rng():
+        acc.rand(0)
+        acc.rand(1, 50)
+    assert _same(_states(acc), before)
+    state = rng_fork.get_rng_state()
+    assert state.names[-2:] == ("acc:0", "acc:1")
+    acc.rand(1)
+    rng_fork.set_rng_state(state.state_dict())
+    assert _same(_states(acc), before)
+
+
+def test_seeded_fork_seeds_every_device(acc: FakeModuleBackend) -> None:
+    acc.init()
+    with fork_rng(seed=5):
+        got = [acc.rand(0), acc.rand(1)]
+    expected = torch.rand(3, generator=torch.Generator().manual_seed(5)).tolist()
+    assert got == [expected, expected]
+
+
+def test_uninitialized_backend_is_left_alone(acc: FakeModuleBackend) -> None:
+    with fork_rng(seed=1):
+        torch.rand(1)
+    assert not acc._initialized
+    assert not any(name.startswith("acc:") for name in rng_fork.get_rng_state().names)
+
+
+def test_a_block_that_initializes_it_is_reported(acc: FakeModuleBackend) -> None:
+    with pytest.warns(RngForkWarning, match="initialized acc"):
+        with fork_rng():
+            acc.rand(0)
+    with fork_rng(devices=[]):  # devices=[] leaves every device type alone, silently
+        acc.rand(0)
+
+
+def test_a_backend_without_a_lazy_flag_is_forked_whenever_it_has_devices() -> None:
+    mps_like = FakeModuleBackend(count=1, lazy=False)
+    source = rng_fork.register_source(ModuleDeviceSource("mpslike", mps_like, device_type="cpu"))
+    try:
+        assert source.available() and not source.inert()
+        before = _states(mps_like)
+        with fork_rng():
+            mps_like.rand(0)
+        assert _same(_states(mps_like), before)
+    finally:
+        rng_fork.unregister_source("mpslike")
+
+
+def test_several_device_types_are_forked_together(acc: FakeModuleBackend) -> None:
+    lazy = FakeLazyBackend(count=2)
+    rng_fork.register_source(LazyDeviceSource("lazyacc", lazy, device_type="cpu"))
+    try:
+        acc.init()
+        lazy.init()
+        before = (_states(acc), [g.get_state() for g in lazy.default_generators])
+        with fork_rng(devices=[1]):
+            acc.rand(1)
+            lazy.rand(1)
+        assert _same(_states(acc), before[0])
+        assert _same([g.get_state() for g in lazy.default_generators], before[1])
+    finally:
+        rng_fork.unregister_source("lazyacc")
+
+
+def test_device_source_picks_the_adapter() -> None:
+    assert type(device_source("cuda")) is LazyDeviceSource
+    assert type(device_source("fake", FakeLazyBackend())) is LazyDeviceSource
+    assert type(device_source("acc", FakeModuleBackend())) is ModuleDeviceSource
+    with pytest.raises(ValueError, match="no module for device type 'nosuchdevice'"):
+        device_source("nosuchdevice")
+    with pytest.raises(TypeError, match="no get_rng_state, set_rng_state"):
+        device_source("bare", object.__new__(type("Bare", (), {"device_count": lambda self: 1})))
+
+
+def test_mps_is_registered_and_inert_without_a_device() -> None:
+    entry = next(e for e in rng_fork.info() if e["name"] == "mps")
+    assert entry["type"] == "ModuleDeviceSource"
+    if torch.mps.device_count():
+        pytest.skip("this machine has an MPS device")
+    assert entry["available"] is False and entry["device_count"] == 0
+
+
+# --- CUDA graph capture -------------------------------------------------------
+
+
+CAPTURE_ERROR = "Cannot call CUDAGeneratorImpl::current_seed during CUDA graph capture"
+
+
+class _CapturableGenerator:
+    """A device generator that refuses, as CUDA's does, while its backend captures a graph."""
+
+    def __init__(self, backend: Any, inner: torch.Generator) -> None:
+        self.backend = backend
+        self.inner = inner
+        self.device = inner.device
+
+    def get_state(self) -> torch.Tensor:
+        if self.backend.capturing:
+            raise RuntimeError(CAPTURE_ERROR)
+        return self.inner.get_state()
+
+    def set_state(self, state: torch.Tensor) -> None:
+        if self.backend.capturing:
+            raise RuntimeError(CAPTURE_ERROR)
+        self.inner.set_state(state)
+
+    def manual_seed(self, seed: int) -> None:
+        self.inner.manual_seed(seed)
+
+
+class _CapturingBackend(FakeLazyBackend):
+    capturing = False
+
+    def is_current_stream_capturing(self) -> bool:
+        return self.capturing
+
+    def init(self) -> None:
+        super().init()
+        self.default_generators = tuple(_CapturableGenerator(self, g) for g in self.default_generators)  # type: ignore[misc]
+
+
+@pytest.fixture
+def capturing() -> Iterator[_CapturingBackend]:
+    backend = _CapturingBackend(count=1)
+    backend.init()
+    rng_fork.register_source(LazyDeviceSource("graphs", backend, device_type="cpu"))
+    try:
+        yield backend
+    finally:
+        rng_fork.unregister_source("graphs")
+
+
+def test_fork_during_graph_capture_raises_a_clear_error_and_changes_nothing(capturing: _CapturingBackend) -> None:
+    cpu_before = torch.get_rng_state()
+    capturing.capturing = True
+    with pytest.raises(RuntimeError, match=r"graphs:0: .*during CUDA graph capture.*outside the captured region"):
+        with fork_rng():
+            torch.rand(1)
+    assert torch.equal(torch.get_rng_state(), cpu_before)
+    with pytest.raises(RuntimeError, match="outside the captured region"):
+        rng_fork.get_rng_state()
+
+
+def test_fork_of_cpu_sources_works_during_graph_capture(capturing: _CapturingBackend) -> None:
+    torch.manual_seed(0)
+    expected = torch.rand(2)
+    torch.manual_seed(0)
+    capturing.capturing = True
+    with fork_rng(devices=[]):
+        torch.rand(5)
+    capturing.capturing = False
+    assert torch.equal(torch.rand(2), expected)
+
+
+def test_other_errors_of_a_device_generator_pass_through(capturing: _CapturingBackend) -> None:
+    def broken() -> torch.Tensor:
+        raise RuntimeError("device lost")
+
+    capturing.default_generators[0].get_state = broken  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError, match="^device lost$"):
+        with fork_rng():
+            pass

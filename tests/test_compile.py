@@ -1,0 +1,102 @@
+"""fork_rng and @isolated inside torch.compile'd functions, on the CPU.
+
+Dynamo cannot trace a generator's get_state, so it breaks the graph around a
+fork and runs the fork eagerly; the guarantee holds either way: the compiled
+function's later draws are the same as those of the same function compiled
+without the block. Inductor draws its random numbers from seeds it takes from
+torch's generator, so compiled draws differ from eager ones (unless
+``torch._inductor.config.fallback_random`` is set); the comparison is
+therefore always compiled against compiled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import pytest
+import torch
+
+from rng_fork import fork_rng, isolated
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+@pytest.fixture(autouse=True)
+def _fresh_dynamo() -> Iterator[None]:
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+def _forked(draws: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    def fn(x: torch.Tensor) -> torch.Tensor:
+        with fork_rng():
+            noise = torch.rand(draws)
+        return x + torch.rand(3) + noise.sum() * 0
+
+    return fn
+
+
+def _isolated(draws: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    @isolated
+    def sample() -> torch.Tensor:
+        return torch.randn(draws)
+
+    def fn(x: torch.Tensor) -> torch.Tensor:
+        return x + torch.rand(3) + sample().sum() * 0
+
+    return fn
+
+
+def _plain(draws: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    def fn(x: torch.Tensor) -> torch.Tensor:
+        noise = torch.rand(draws)
+        return x + torch.rand(3) + noise.sum() * 0
+
+    return fn
+
+
+def _run(fn: Callable[[torch.Tensor], torch.Tensor], backend: str) -> list[torch.Tensor]:
+    torch._dynamo.reset()
+    compiled = torch.compile(fn, backend=backend)
+    torch.manual_seed(0)
+    first = compiled(torch.zeros(3))
+    second = compiled(torch.zeros(3))  # a cached graph, not a fresh trace
+    return [first, second, torch.rand(3)]
+
+
+def _same(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
+    return all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+@pytest.mark.parametrize("backend", ["eager", "aot_eager", pytest.param("inductor", marks=pytest.mark.slow)])
+def test_what_a_block_draws_inside_a_compiled_function_changes_nothing_after_it(backend: str) -> None:
+    for make in (_forked, _isolated):
+        runs = [_run(make(draws), backend) for draws in (0, 100, 7)]
+        assert _same(runs[0], runs[1]) and _same(runs[0], runs[2]), make.__name__
+
+
+def test_the_same_functions_without_a_fork_do_change() -> None:
+    # The control: the comparison above can fail.
+    assert not _same(_run(_plain(0), "aot_eager"), _run(_plain(100), "aot_eager"))
+
+
+@pytest.mark.slow
+def test_with_fallback_random_compiled_forks_draw_what_eager_ones_do() -> None:
+    import torch._inductor.config as inductor_config
+
+    fn = _forked(100)
+    torch.manual_seed(0)
+    eager = [fn(torch.zeros(3)), fn(torch.zeros(3)), torch.rand(3)]
+    with inductor_config.patch(fallback_random=True):
+        assert _same(_run(fn, "inductor"), eager)
+
+
+def test_a_compiled_function_inside_a_fork_is_undone() -> None:
+    compiled = torch.compile(lambda x: x + torch.rand(3), backend="aot_eager")
+    torch.manual_seed(1)
+    expected = torch.rand(3)
+    torch.manual_seed(1)
+    with fork_rng():
+        compiled(torch.zeros(3))
+    assert torch.equal(torch.rand(3), expected)
