@@ -142,6 +142,10 @@ class LazyDeviceSource(_DeviceFamily):
     )
     """What a backend module needs for this source."""
 
+    def available(self) -> bool:
+        # Asked before every fork while the backend has devices: kept to one call.
+        return bool(self.module.is_initialized())
+
     def _indices(self, devices: Sequence[int] | None) -> Sequence[int]:
         return range(len(self.module.default_generators)) if devices is None else devices
 
