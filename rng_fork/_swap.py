@@ -16,9 +16,13 @@ from collections.abc import Callable, Iterable, Sequence
 from threading import get_ident
 from typing import Any, Generic, TypeVar
 
+from ._compile import keep_dynamo_out
 from .errors import RngForkWarning, RngRestoreError
 from .sources import LazyGuard, Part, RngSource, registered_sources
 from .sources.registry import on_change as on_registry_change
+
+# Compiled code calls all of this eagerly, never traced.
+keep_dynamo_out()
 
 
 class SourceSet:
@@ -44,7 +48,7 @@ NO_SOURCES = SourceSet()
 
 
 class Plan:
-    """The sources a fork over ``devices`` captures, and the families it guards.
+    """The sources a fork over ``devices`` saves, and the families it guards.
 
     Valid while every probe (the ``available`` of each family whose
     availability can change) gives the answer it gave when the plan was made;
@@ -71,26 +75,38 @@ class Plan:
 
 
 _plans: dict[Sequence[int] | None, Plan] = {}
-on_registry_change(_plans.clear)
+_registry_changes = 0
+
+
+def _registry_changed() -> None:
+    global _registry_changes
+    _registry_changes += 1
+    _plans.clear()
+
+
+on_registry_change(_registry_changed)
 
 
 def plan_for(devices: Sequence[int] | None) -> Plan:
     """The current plan for ``devices`` (a tuple of indices or None for every device).
 
-    Raises ``ValueError`` (before anything is captured) if ``devices`` names a
+    Raises ``ValueError`` (before anything is saved) if ``devices`` names a
     device that a device source does not have.
     """
     plan = _plans.get(devices)
     if plan is None or not plan.current():
+        changes = _registry_changes
         plan = Plan(registered_sources(), devices)
-        if len(_plans) > 64:
-            _plans.clear()
-        _plans[devices] = plan
+        # A registration while the plan was made would leave it stale: use it once, keep it not.
+        if changes == _registry_changes:
+            if len(_plans) > 64:
+                _plans.clear()
+            _plans[devices] = plan
     return plan
 
 
 def live_sources(devices: Sequence[int] | None, extra: Sequence[RngSource] = ()) -> list[RngSource]:
-    """The registered sources that can be captured now, then ``extra``."""
+    """The registered sources that can be saved now, then ``extra``."""
     return [*plan_for(devices).sources.sources, *extra]
 
 
@@ -99,37 +115,42 @@ def capture_parts(devices: Sequence[int] | None, extra: Sequence[RngSource] = ()
     return [(source, source.capture()) for source in live_sources(devices, extra)]
 
 
-def _put_back(steps: Iterable[tuple[str, Callable[[Any], object], Any]], guards: Iterable[LazyGuard]) -> None:
-    failures: dict[str, BaseException] = {}
-    for name, load, value in steps:
-        try:
-            load(value)
-        except Exception as exc:  # noqa: BLE001 - every failure is reported below
-            failures[name] = exc
-    for guard in guards:
-        try:
-            guard.release()
-        except Exception as exc:  # noqa: BLE001
-            failures[f"{type(guard).__name__}"] = exc
-    if failures:
-        raise RngRestoreError(failures)
-
-
-def restore_all(entries: Sequence[tuple[RngSource, Part]], guards: Sequence[LazyGuard] = ()) -> None:
-    """Restore every entry and release every guard; then raise for those that failed.
+def _load_all(
+    sources: Sequence[RngSource], loads: Sequence[Callable[[Any], object]], values: Sequence[Any],
+    guards: Sequence[LazyGuard],
+) -> None:
+    """``load(value)`` for each source, then release each guard; raise for all that failed.
 
     A failure does not stop the others: the process is never left half-restored
     without an error that names each source that could not be put back.
     """
     if not guards:
         try:
-            for source, part in entries:
-                source.restore(part)
+            for load, value in zip(loads, values, strict=True):
+                load(value)
         except Exception:  # noqa: BLE001 - redone below, where every failure is collected
             pass
         else:
             return
-    _put_back(((source.name, source.restore, part) for source, part in entries), guards)
+    failures: dict[str, BaseException] = {}
+    for source, load, value in zip(sources, loads, values, strict=True):
+        try:
+            load(value)
+        except Exception as exc:  # noqa: BLE001 - every failure is reported below
+            failures[source.name] = exc
+    for guard in guards:
+        try:
+            guard.release()
+        except Exception as exc:  # noqa: BLE001
+            failures[guard.name] = exc
+    if failures:
+        raise RngRestoreError(failures)
+
+
+def restore_all(entries: Sequence[tuple[RngSource, Part]], guards: Sequence[LazyGuard] = ()) -> None:
+    """Restore every ``(source, part)`` and release every guard; then raise for those that failed."""
+    sources = [source for source, _ in entries]
+    _load_all(sources, [source.restore for source in sources], [part for _, part in entries], guards)
 
 
 T = TypeVar("T")
@@ -153,19 +174,32 @@ class ThreadStack(Generic[T]):
         self._items.append((get_ident(), item))
 
     def pop(self) -> T | None:
-        """Close and return the calling thread's innermost item (None if it has none)."""
+        """Close and return the calling thread's innermost item; None if nothing is open.
+
+        A block can end in another thread than it began in (a generator resumed
+        by a thread pool): then the innermost item of any thread is closed.
+        """
         items = self._items
+        if not items:
+            return None
         me = get_ident()
-        for entry in reversed(items):
-            if entry[0] == me:
-                items.remove(entry)
-                return entry[1]
-        return None
+        entry = items[-1]
+        if entry[0] != me:
+            entry = next((e for e in reversed(items) if e[0] == me), entry)
+        items.remove(entry)
+        return entry[1]
 
 
 class Capture:
-    """What one open fork saved: the sources, their saved states, the guards of
-    lazy runtimes, and the thread that opened it. Made by :func:`enter`."""
+    """What one fork saved: the sources, their saved values, the guards of lazy
+    runtimes, and the thread that saved them. Made by :func:`take`.
+
+    Example::
+
+        saved = take(None)
+        ...                     # draw from anything
+        saved.restore()         # every generator as it was
+    """
 
     __slots__ = ("guards", "owner", "saved", "sources")
 
@@ -176,25 +210,43 @@ class Capture:
         self.owner = owner
 
     def seed(self, seed: int) -> None:
-        """Seed every captured source and guarded runtime from ``seed``."""
+        """Seed every saved source and guarded runtime from ``seed``."""
         for source in self.sources.sources:
             source.seed(seed)
         for guard in self.guards:
             guard.seed(seed)
 
     def restore(self) -> None:
-        """Put every captured source back, and undo what happened to guarded runtimes."""
-        loads = self.sources.loads
-        if not self.guards:
-            try:
-                for load, saved in zip(loads, self.saved, strict=True):
-                    load(saved)
-            except Exception:  # noqa: BLE001 - redone below, where every failure is collected
-                pass
-            else:
-                return
-        names = [source.name for source in self.sources.sources]
-        _put_back(zip(names, loads, self.saved, strict=True), self.guards)
+        """Put every saved source back, and undo what happened to guarded runtimes."""
+        _load_all(self.sources.sources, self.sources.loads, self.saved, self.guards)
+
+    def parts(self) -> dict[str, tuple[str, Part]]:
+        """The saved states as snapshot parts, ``{name: (codec tag, part)}``.
+
+        Saved values are in each source's fastest form; parts come from
+        ``capture``. So this swaps them in for a moment and puts back what
+        was there.
+        """
+        sources = self.sources
+        current = [save() for save in sources.saves]
+        try:
+            self.restore()
+            return {source.name: (source.codec.tag, source.capture()) for source in sources.sources}
+        finally:
+            _load_all(sources.sources, sources.loads, current, ())
+
+
+def take(devices: Sequence[int] | None, extra: SourceSet = NO_SOURCES, *, guard: bool = True) -> Capture:
+    """Save every live source and ``extra``; with ``guard``, also guard lazy runtimes."""
+    plan = _plans.get(devices)
+    if plan is None or (plan.probes and not plan.current()):
+        plan = plan_for(devices)
+    sources = plan.sources + extra if extra.sources else plan.sources
+    saved = [save() for save in sources.saves]
+    guards: Sequence[LazyGuard] = ()
+    if guard and plan.guarded:
+        guards = [g for g in (family.guard(devices) for family in plan.guarded) if g is not None]
+    return Capture(sources, saved, guards, get_ident())
 
 
 # Forks open per thread: the generators are process-wide, so a fork in one
@@ -224,25 +276,17 @@ def enter(devices: Sequence[int] | None, extra: SourceSet, seed: int | None) -> 
         ...                     # draw from anything
         leave(capture, None)    # every generator as it was
     """
-    plan = _plans.get(devices)
-    if plan is None or (plan.probes and not plan.current()):
-        plan = plan_for(devices)
-    sources = plan.sources + extra if extra.sources else plan.sources
-    saved = [save() for save in sources.saves]
-    guards: Sequence[LazyGuard] = ()
-    if plan.guarded:
-        guards = [g for g in (family.guard(devices) for family in plan.guarded) if g is not None]
     me = get_ident()
-    capture = Capture(sources, saved, guards, me)
+    depth = _open_forks.get(me, 0)
+    if len(_open_forks) > (depth > 0) and not _warned_threads:
+        _warn_threads()  # first: a warning turned into an error must find nothing changed
+    capture = take(devices, extra)
     if seed is not None:
         try:
             capture.seed(seed)
         except BaseException:
             capture.restore()
             raise
-    depth = _open_forks.get(me, 0)
-    if len(_open_forks) > (depth > 0) and not _warned_threads:
-        _warn_threads()
     _open_forks[me] = depth + 1
     return capture
 

@@ -42,7 +42,7 @@ class fork_rng:  # noqa: N801 - named like torch.random.fork_rng, which it repla
         train_step()                       # sees the same numbers as without evaluate()
     """
 
-    __slots__ = ("_extra", "_open", "devices", "enabled", "seed")
+    __slots__ = ("__weakref__", "_extra", "_open", "devices", "enabled", "seed")
 
     def __init__(
         self,

@@ -16,8 +16,8 @@ from types import TracebackType
 from typing import Any, Protocol, TypeVar, cast, overload
 
 from ._checks import check_devices, check_seed
-from ._swap import Capture, SourceSet, capture_parts, enter, leave, restore_all
-from .sources import Part, RngSource, generator_sources
+from ._swap import Capture, SourceSet, enter, leave, restore_all, take
+from .sources import RngSource, generator_sources
 
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
@@ -74,7 +74,7 @@ class RngStream:
         self.devices = devices
         self._extra = extra
         self._swap = SourceSet(extra)
-        self._own: list[tuple[RngSource, Part]] | None = None
+        self._own: Capture | None = None
         self._callers: list[Capture] = []
         self._lock = threading.RLock()
 
@@ -91,7 +91,7 @@ class RngStream:
             caller = enter(self.devices, self._swap, self.seed if self._own is None else None)
             if self._own is not None:
                 try:
-                    restore_all(self._own)
+                    self._own.restore()
                 except BaseException as exc:
                     leave(caller, exc)
                     raise
@@ -108,8 +108,10 @@ class RngStream:
             caller = self._callers.pop()
             if self._callers:
                 return
-            self._own = capture_parts(self.devices, self._extra)
-            leave(caller, exc)
+            try:
+                self._own = take(self.devices, self._swap, guard=False)
+            finally:
+                leave(caller, exc)
 
     def __call__(self, fn: F) -> F:
         """Decorate ``fn`` so every call (every generator or coroutine step) draws from this stream."""
@@ -122,9 +124,7 @@ class RngStream:
         """
         from .state import RngState
 
-        parts = None if self._own is None else RngState._trusted(
-            {s.name: (s.codec.tag, part) for s, part in self._own}
-        ).state_dict()
+        parts = None if self._own is None else RngState._trusted(self._own.parts()).state_dict()
         return {"seed": -1 if self.seed is None else self.seed, "started": parts is not None, "state": parts or {}}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -145,7 +145,17 @@ class RngStream:
             self._own = None
             return
         snapshot = RngState.from_state_dict(state_dict["state"])
-        self._own = resolve_targets(snapshot, self._extra, strict=False)
+        entries = resolve_targets(snapshot, self._extra, strict=False)
+        # Saved the way the stream saves itself: put in, taken, and the caller's states put back.
+        caller = enter(self.devices, self._swap, None)
+        try:
+            restore_all(entries)
+            own = take(self.devices, self._swap, guard=False)
+        except BaseException as exc:
+            leave(caller, exc)
+            raise
+        leave(caller, None)
+        self._own = own
 
     def __repr__(self) -> str:
         return f"RngStream(seed={self.seed}, started={self.started})"

@@ -7,6 +7,7 @@ torch.cuda. The real-hardware checks are in test_cuda.py.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -202,3 +203,22 @@ def test_other_errors_of_a_device_generator_pass_through(capturing: _CapturingBa
     with pytest.raises(RuntimeError, match="^device lost$"):
         with fork_rng():
             pass
+
+
+def test_seeding_some_devices_leaves_the_others(acc: FakeModuleBackend) -> None:
+    acc.init()
+    other = acc.get_rng_state(1)
+    with fork_rng(seed=0, devices=[0]):
+        got = acc.rand(0)
+        assert torch.equal(acc.get_rng_state(1), other)
+    assert got == torch.rand(3, generator=torch.Generator().manual_seed(0)).tolist()
+    assert torch.equal(acc.get_rng_state(1), other)
+
+
+def test_a_failing_guard_is_named(acc: FakeModuleBackend) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RngForkWarning)
+        with pytest.raises(rng_fork.RngRestoreError) as info:
+            with fork_rng():
+                acc.init()
+    assert list(info.value.failures) == ["acc"]

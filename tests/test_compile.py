@@ -1,24 +1,26 @@
 """fork_rng and @isolated inside torch.compile'd functions, on the CPU.
 
-Dynamo cannot trace a generator's get_state, so it breaks the graph around a
-fork and runs the fork eagerly; the guarantee holds either way: the compiled
-function's later draws are the same as those of the same function compiled
-without the block. Inductor draws its random numbers from seeds it takes from
-torch's generator, so compiled draws differ from eager ones (unless
-``torch._inductor.config.fallback_random`` is set); the comparison is
-therefore always compiled against compiled.
+rng_fork puts itself on Dynamo's skip list, so a fork is a graph break and runs
+eagerly; the guarantee holds: what the block draws changes none of the compiled
+function's later draws. Inductor draws its random numbers from seeds it takes
+from torch's generator, so compiled draws differ from eager ones (unless
+``torch._inductor.config.fallback_random`` is set), and a graph break changes
+which code is compiled; the comparison is therefore always between the same
+function compiled with blocks that draw different amounts.
 """
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 import torch
 
 from rng_fork import fork_rng, isolated
-
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 
 @pytest.fixture(autouse=True)
@@ -100,3 +102,30 @@ def test_a_compiled_function_inside_a_fork_is_undone() -> None:
     with fork_rng():
         compiled(torch.zeros(3))
     assert torch.equal(torch.rand(3), expected)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dynamo_first", [False, True])
+def test_dynamo_skips_rng_fork_whichever_is_imported_first(dynamo_first: bool) -> None:
+    code = f"""
+        import warnings
+        import torch
+        {"import torch._dynamo" if dynamo_first else ""}
+        import rng_fork
+        from torch._dynamo import trace_rules
+
+        assert trace_rules.check_file(rng_fork._swap.__file__).skipped
+        def body(x):
+            with rng_fork.fork_rng():
+                torch.rand(3)
+            return x + 1
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", UserWarning)  # e.g. "does not know how to trace ... get_state"
+            torch.compile(body, backend="eager")(torch.zeros(2))
+        print("ok")
+    """
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, cwd=root, timeout=300
+    )
+    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-3000:]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import warnings
 
 import numpy as np
 import pytest
@@ -363,3 +364,129 @@ def test_global_numpy_on_another_bit_generator() -> None:
         assert str(np.random.get_state(legacy=False)) == str(before)
     finally:
         set_bit_generator(original)
+
+
+def test_global_numpy_on_another_bit_generator_seeded_and_in_a_stream() -> None:
+    from numpy.random.mtrand import get_bit_generator, set_bit_generator
+
+    original = get_bit_generator()
+    set_bit_generator(np.random.PCG64(3))
+    try:
+        with fork_rng(seed=4):
+            first = np.random.random()
+        with fork_rng(seed=4):
+            assert np.random.random() == first
+        expected = np.random.random()
+        set_bit_generator(np.random.PCG64(3))
+        stream = rng_fork.RngStream(seed=1)
+        with stream:
+            np.random.random(3)
+        with stream:
+            np.random.standard_normal()
+        assert np.random.random() == expected
+    finally:
+        set_bit_generator(original)
+
+
+@pytest.mark.parametrize("kinds", [("MT19937", "PCG64"), ("PCG64", "MT19937"), ("MT19937", "MT19937")])
+def test_a_block_that_swaps_numpys_bit_generator_is_undone(kinds: tuple[str, str]) -> None:
+    from numpy.random.mtrand import get_bit_generator, set_bit_generator
+
+    original = get_bit_generator()
+    before, inside = (getattr(np.random, kind) for kind in kinds)
+    try:
+        set_bit_generator(before(5))
+        np.random.standard_normal()  # a cached Gaussian, to be kept
+        expected_bg = get_bit_generator()
+        state = np.random.get_state(legacy=False)
+        with fork_rng():
+            set_bit_generator(inside(6))
+            np.random.random(4)
+        assert get_bit_generator() is expected_bg
+        assert str(np.random.get_state(legacy=False)) == str(state)
+    finally:
+        set_bit_generator(original)
+
+
+def test_a_warning_turned_into_an_error_changes_nothing() -> None:
+    import threading
+
+    from rng_fork import _swap
+
+    opened, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with fork_rng():
+            opened.set()
+            release.wait(10)
+
+    other = threading.Thread(target=hold)
+    other.start()
+    opened.wait(10)
+    try:
+        expected = draw_all()
+        seed_globals(1234)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(_swap, "_warned_threads", False)
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", rng_fork.RngForkWarning)
+                with pytest.raises(rng_fork.RngForkWarning):
+                    with fork_rng(seed=0):
+                        pass
+        assert draw_all() == expected
+    finally:
+        release.set()
+        other.join()
+    assert not _swap._open_forks
+
+
+def test_a_block_may_end_in_another_thread() -> None:
+    import threading
+
+    from rng_fork import _swap
+
+    def body() -> object:
+        with fork_rng():
+            torch.rand(3)
+            yield
+
+    expected = draw_all()
+    seed_globals(1234)
+    steps = body()
+    next(steps)  # entered here
+    finisher = threading.Thread(target=lambda: next(steps, None))  # exited there
+    finisher.start()
+    finisher.join()
+    assert draw_all() == expected
+    assert not _swap._open_forks
+
+
+def test_a_registration_while_a_plan_is_made_is_not_lost() -> None:
+    class Registering(_FlakySource):
+        name = "registering"
+
+        def inert(self) -> bool:  # asked while a plan is made
+            if "flaky" not in [s.name for s in rng_fork.registered_sources()]:
+                rng_fork.register_source(_FlakySource())
+            return False
+
+    rng_fork.register_source(Registering())
+    try:
+        with fork_rng():
+            pass
+        flaky = next(s for s in rng_fork.registered_sources() if s.name == "flaky")
+        assert isinstance(flaky, _FlakySource)
+        flaky.value = 3
+        with fork_rng(seed=8):
+            assert flaky.value == 8
+        assert flaky.value == 3
+    finally:
+        rng_fork.unregister_source("registering")
+        rng_fork.unregister_source("flaky")
+
+
+def test_fork_rng_objects_can_be_weakly_referenced() -> None:
+    import weakref
+
+    fork = fork_rng()
+    assert weakref.ref(fork)() is fork

@@ -78,12 +78,12 @@ __all__ = [
     "capture_python",
     "capture_python_portable",
     "fast_path_info",
+    "numpy_savers",
+    "python_savers",
     "restore_numpy",
     "restore_numpy_portable",
     "restore_python",
     "restore_python_portable",
-    "numpy_savers",
-    "python_savers",
 ]
 
 #: ``(raw index + 624 words, gauss_next)`` snapshot of a ``random.Random``.
@@ -702,36 +702,42 @@ def numpy_savers(rs: np.random.RandomState) -> tuple[Callable[[], Any], Callable
     """``(save, load)`` bound to ``rs``, as :func:`python_savers`.
 
     Unlike the snapshot functions these take any bit generator (through the
-    official ``get_state``/``set_state`` where it is not MT19937), so a fork
-    stays exact after ``np.random.set_bit_generator``; they re-check the bit
-    generator on every call.
+    official ``get_state``/``set_state`` where it is not MT19937) and save
+    which bit generator object ``rs`` draws from: a block that swaps it
+    (``np.random.set_bit_generator``) finds the original one put back.
     """
 
-    def save_any() -> Any:
-        if isinstance(rs._bit_generator, np.random.MT19937):
-            return capture_numpy(rs)
-        return rs.get_state(legacy=False)
+    def save_any() -> tuple[Any, Any]:
+        bg = rs._bit_generator
+        state = capture_numpy(rs) if isinstance(bg, np.random.MT19937) else rs.get_state(legacy=False)
+        return bg, state
 
-    def load_any(saved: Any) -> None:
-        if isinstance(saved, dict):
-            rs.set_state(saved)
+    def load_any(saved: tuple[Any, Any]) -> None:
+        bg, state = saved
+        if rs._bit_generator is not bg:
+            np.random.RandomState.__init__(rs, bg)  # what set_bit_generator does for the global
+        if isinstance(state, dict):
+            rs.set_state(state)
         else:
-            restore_numpy(rs, saved)
+            restore_numpy(rs, state)
 
     entry = _np_entry(rs) if FAST_NUMPY and isinstance(rs._bit_generator, np.random.MT19937) else None
     if entry is None:
         return save_any, load_any
     bg, mt, has_gauss, gauss = entry.bg, entry.mt, entry.has_gauss, entry.gauss
 
+    # The fast form, (raw, has_gauss, gauss), always belongs to bg; the other one is (bit generator, state).
     def save() -> Any:
         if rs._bit_generator is not bg:
             return save_any()
         return (mt.raw, has_gauss.value, gauss.value)
 
     def load(saved: Any) -> None:
-        if rs._bit_generator is not bg or type(saved) is not tuple:
+        if len(saved) == 2:
             load_any(saved)
             return
+        if rs._bit_generator is not bg:
+            np.random.RandomState.__init__(rs, bg)
         # Same order as RandomState.set_state: cache first, then the MT state.
         gauss.value = saved[2]
         has_gauss.value = saved[1]

@@ -81,6 +81,9 @@ class LazyGuard(Protocol):
     queued for a later initialization, or an initialization the block caused.
     """
 
+    name: str
+    """What a failure report calls it (the family's name)."""
+
     def seed(self, seed: int) -> None:
         """Seed the runtime's generators for the block (lazily, where uninitialized)."""
 

@@ -30,6 +30,10 @@ GRAPH_CAPTURE_HELP = (
 )
 
 
+def _never() -> bool:
+    return False
+
+
 class _DeviceFamily(RngSource):
     """What every per-device-type family shares: the device count and device selection."""
 
@@ -41,7 +45,11 @@ class _DeviceFamily(RngSource):
         self._count: int | None = None
 
     def available(self) -> bool:
-        is_initialized = getattr(self.module, "is_initialized", None)
+        module = self.module
+        # In a child forked from a process that used the backend, torch refuses it.
+        if getattr(module, "_is_in_bad_fork", _never)():
+            return False
+        is_initialized = getattr(module, "is_initialized", None)
         if is_initialized is None:  # no lazy initialization (MPS): usable whenever a device exists
             return self.device_count() > 0
         return bool(is_initialized())
@@ -143,7 +151,8 @@ class LazyDeviceSource(_DeviceFamily):
     """What a backend module needs for this source."""
 
     def available(self) -> bool:
-        # Asked before every fork while the backend has devices: kept to one call.
+        # Asked before every fork while the backend has devices, so one call:
+        # torch's is_initialized is already false in a bad fork.
         return bool(self.module.is_initialized())
 
     def _indices(self, devices: Sequence[int] | None) -> Sequence[int]:
@@ -176,7 +185,7 @@ class LazyDeviceSource(_DeviceFamily):
         # A backend without devices can never initialize: nothing to guard.
         if self.available() or devices == () or not hasattr(self.module, "_lazy_seed_tracker"):
             return None
-        return _LazyInitGuard(self.module, devices) if self.device_count() else None
+        return _LazyInitGuard(self.name, self.module, devices) if self.device_count() else None
 
 
 class ModuleDeviceSource(_DeviceFamily):
@@ -211,8 +220,12 @@ class ModuleDeviceSource(_DeviceFamily):
         return _ModuleDevice(self, device)
 
     def seed(self, seed: int) -> None:
-        for i in range(self.device_count()):
-            _ModuleDevice(self, i).seed(seed)
+        module = self.module
+        if hasattr(module, "manual_seed_all"):
+            module.manual_seed_all(seed)
+        else:
+            for i in range(self.device_count()):
+                _ModuleDevice(self, i).seed(seed)
 
     def guard(self, devices: Sequence[int] | None) -> _InitWatch | None:
         if devices == () or self.available():
@@ -240,10 +253,16 @@ class _ModuleDevice(RngSource):
         generators = getattr(module, "default_generators", None)
         if generators is not None:
             generators[self.device].manual_seed(seed)
-        elif self.family.device_count() == 1 and hasattr(module, "manual_seed"):
+            return
+        count = self.family.device_count()
+        if count == 1 and hasattr(module, "manual_seed"):
             module.manual_seed(seed)
-        else:
-            module.manual_seed_all(seed)
+            return
+        # Only a seed for all devices exists: the others get their states back.
+        others = {i: module.get_rng_state(i) for i in range(count) if i != self.device}
+        module.manual_seed_all(seed)
+        for i, state in others.items():
+            module.set_rng_state(state, i)
 
     def check_target(self, part: Any) -> None:
         if part.device_type != self.family.device_type:
@@ -255,6 +274,7 @@ class _InitWatch:
 
     def __init__(self, family: ModuleDeviceSource) -> None:
         self.family = family
+        self.name = family.name
 
     def seed(self, seed: int) -> None:
         return None  # seeding would initialize the backend; the block starts it fresh
@@ -310,7 +330,8 @@ class _LazyInitGuard:
     at initialization after creating the generators and before queued seeds.
     """
 
-    def __init__(self, module: Any, devices: Sequence[int] | None) -> None:
+    def __init__(self, name: str, module: Any, devices: Sequence[int] | None) -> None:
+        self.name = name
         self.module = module
         self.devices = devices
         tracker = module._lazy_seed_tracker

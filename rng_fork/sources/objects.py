@@ -228,7 +228,11 @@ class RandomStateSource(_ObjectSource[np.random.RandomState]):
             )
 
     def seed(self, seed: int) -> None:
-        self.obj.seed(seed)
+        bg = self.obj._bit_generator
+        if isinstance(bg, np.random.MT19937):
+            self.obj.seed(seed)
+        else:  # RandomState.seed re-seeds MT19937 only; a fresh state of the same kind does the same
+            self.obj.set_state({**type(bg)(seed).state, "has_gauss": 0, "gauss": 0.0})
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "fast_path": _fastpath.fast_path_info()["numpy"]}

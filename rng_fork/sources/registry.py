@@ -26,9 +26,8 @@ from .objects import (
 
 _lock = threading.Lock()
 _sources: dict[str, RngSource] = {}
-# Kept as tuples, rebuilt on (rare) registration, so a fork reads them without copying.
+# Kept as a tuple, rebuilt on (rare) registration, so readers need no copy.
 _ordered: tuple[RngSource, ...] = ()
-_guarded: tuple[RngSource, ...] = ()
 
 
 # Called after every change, so caches built from the registry can drop themselves.
@@ -41,9 +40,8 @@ def on_change(listener: Callable[[], object]) -> None:
 
 
 def _refresh() -> None:
-    global _ordered, _guarded
+    global _ordered
     _ordered = tuple(_sources.values())
-    _guarded = tuple(s for s in _ordered if type(s).guard is not RngSource.guard)
     for listener in _listeners:
         listener()
 
@@ -103,11 +101,6 @@ def unregister_source(name: str) -> RngSource:
 def registered_sources() -> tuple[RngSource, ...]:
     """The registered sources, in the order they are captured."""
     return _ordered
-
-
-def guarded_sources() -> tuple[RngSource, ...]:
-    """The registered sources that guard a lazily initialized runtime."""
-    return _guarded
 
 
 def codec_for(tag: str) -> Codec | None:
