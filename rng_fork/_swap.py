@@ -14,7 +14,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from threading import get_ident
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
 from ._compile import keep_dynamo_out
 from .errors import RngForkWarning, RngRestoreError
@@ -156,37 +156,34 @@ def restore_all(entries: Sequence[tuple[RngSource, Part]], guards: Sequence[Lazy
 T = TypeVar("T")
 
 
-class ThreadStack(Generic[T]):
+class ThreadStack(list[tuple[int, T]]):
     """What a reusable context manager has open, per thread, so one object can be
     entered in several threads at once (and nested in each).
 
     Items are kept with the thread that opened them; appending to and removing
-    from a list are atomic, so threads need no lock.
+    from a list are atomic, so threads need no lock. A list itself, because one
+    is made for every ``fork_rng()``.
     """
 
-    __slots__ = ("_items",)
-
-    def __init__(self) -> None:
-        self._items: list[tuple[int, T]] = []
+    __slots__ = ()
 
     def push(self, item: T) -> None:
         """Open ``item`` in the calling thread."""
-        self._items.append((get_ident(), item))
+        self.append((get_ident(), item))
 
-    def pop(self) -> T | None:
+    def pop_own(self) -> T | None:
         """Close and return the calling thread's innermost item; None if nothing is open.
 
         A block can end in another thread than it began in (a generator resumed
         by a thread pool): then the innermost item of any thread is closed.
         """
-        items = self._items
-        if not items:
+        if not self:
             return None
         me = get_ident()
-        entry = items[-1]
+        entry = self[-1]
         if entry[0] != me:
-            entry = next((e for e in reversed(items) if e[0] == me), entry)
-        items.remove(entry)
+            entry = next((e for e in reversed(self) if e[0] == me), entry)
+        self.remove(entry)
         return entry[1]
 
 
@@ -218,7 +215,16 @@ class Capture:
 
     def restore(self) -> None:
         """Put every saved source back, and undo what happened to guarded runtimes."""
-        _load_all(self.sources.sources, self.sources.loads, self.saved, self.guards)
+        sources = self.sources
+        if not self.guards:
+            try:
+                for load, value in zip(sources.loads, self.saved, strict=True):
+                    load(value)
+            except Exception:  # noqa: BLE001 - redone by _load_all, which collects every failure
+                pass
+            else:
+                return
+        _load_all(sources.sources, sources.loads, self.saved, self.guards)
 
     def parts(self) -> dict[str, tuple[str, Part]]:
         """The saved states as snapshot parts, ``{name: (codec tag, part)}``.

@@ -63,7 +63,7 @@ class assert_untouched:  # noqa: N801 - used like a function, as contextlib's he
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        before = self._open.pop()
+        before = self._open.pop_own()
         if before is None:
             raise RuntimeError("assert_untouched exited in a thread that did not enter it")
         if exc is not None:

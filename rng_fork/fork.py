@@ -74,7 +74,7 @@ class fork_rng:  # noqa: N801 - named like torch.random.fork_rng, which it repla
         traceback: TracebackType | None,
     ) -> None:
         # What was entered decides, not ``enabled`` now.
-        capture = self._open.pop()
+        capture = self._open.pop_own()
         if capture is not None:
             leave(capture, exc)
 
