@@ -679,7 +679,8 @@ def test_python_savers_equal_portable_snapshots_and_restore_exactly(
     set_py(r, words, index, gauss_next)
     run_py(r, ops)
     saved = save()
-    assert saved == fp.capture_python_portable(r)
+    if fp.FAST_PYTHON:  # the fast form is the snapshot format; the portable one is getstate's
+        assert saved == fp.capture_python_portable(r)
     reference = random.Random()
     random.Random.setstate(reference, random.Random.getstate(r))
     run_py(r, after)
@@ -709,8 +710,8 @@ def test_numpy_savers_equal_portable_snapshots_and_restore_exactly(
     set_np(rs, words, pos, has_gauss, gauss)
     run_np(rs, ops)
     saved = save()
-    # The fast form is the snapshot itself; the other one pairs the bit generator with it.
-    assert (saved if len(saved) == 3 else saved[1]) == fp.capture_numpy_portable(rs)
+    if len(saved) == 3:  # the fast form is the snapshot format; the other one is get_state's, with the bit generator
+        assert saved == fp.capture_numpy_portable(rs)
     reference = np.random.RandomState(0)
     reference.set_state(rs.get_state())
     run_np(rs, after)
@@ -731,9 +732,10 @@ def test_numpy_savers_follow_a_new_bit_generator() -> None:
         assert np_stream(rs) == expected
     rs._bit_generator = np.random.MT19937(9)  # the attribute alone: the official API is used
     saved = save()
-    assert saved[1] == fp.capture_numpy_portable(rs)
+    expected_state = fp.capture_numpy_portable(rs)
+    rs.random_sample(700)
     load(saved)
-    assert fp.capture_numpy_portable(rs) == saved[1]
+    assert fp.capture_numpy_portable(rs) == expected_state
 
 
 def test_numpy_savers_put_back_the_bit_generator_a_block_replaced() -> None:

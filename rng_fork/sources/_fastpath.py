@@ -684,7 +684,8 @@ def python_savers(r: random.Random) -> PySavers:
     :func:`capture_python`), so it skips the checks a restore makes.
     """
     if not FAST_PYTHON:
-        return functools.partial(capture_python_portable, r), functools.partial(restore_python_portable, r)
+        # The official API as it is: a fork never needs the snapshot format.
+        return functools.partial(random.Random.getstate, r), functools.partial(random.Random.setstate, r)
     # The closures hold r, which keeps the view's memory valid.
     view = _py_view(r)
 
@@ -702,24 +703,19 @@ def numpy_savers(rs: np.random.RandomState) -> tuple[Callable[[], Any], Callable
     """``(save, load)`` bound to ``rs``, as :func:`python_savers`.
 
     Unlike the snapshot functions these take any bit generator (through the
-    official ``get_state``/``set_state`` where it is not MT19937) and save
+    official ``get_state``/``set_state`` where the fast path does not apply) and save
     which bit generator object ``rs`` draws from: a block that swaps it
     (``np.random.set_bit_generator``) finds the original one put back.
     """
 
     def save_any() -> tuple[Any, Any]:
-        bg = rs._bit_generator
-        state = capture_numpy(rs) if isinstance(bg, np.random.MT19937) else rs.get_state(legacy=False)
-        return bg, state
+        return rs._bit_generator, rs.get_state(legacy=False)
 
     def load_any(saved: tuple[Any, Any]) -> None:
         bg, state = saved
         if rs._bit_generator is not bg:
             np.random.RandomState.__init__(rs, bg)  # what set_bit_generator does for the global
-        if isinstance(state, dict):
-            rs.set_state(state)
-        else:
-            restore_numpy(rs, state)
+        rs.set_state(state)
 
     entry = _np_entry(rs) if FAST_NUMPY and isinstance(rs._bit_generator, np.random.MT19937) else None
     if entry is None:
