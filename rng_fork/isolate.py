@@ -92,11 +92,22 @@ class RngStream:
             if self._own is not None:
                 try:
                     self._own.restore()
+                    if self.seed is not None and len(caller.sources.sources) != len(self._own.sources.sources):
+                        self._seed_new_sources(caller)
                 except BaseException as exc:
                     leave(caller, exc)
                     raise
             self._callers.append(caller)
             return self
+
+    def _seed_new_sources(self, caller: Capture) -> None:
+        # A generator that appeared since the stream last ran (a device initialized
+        # meanwhile) starts from the stream's seed, as if it had been there all along.
+        assert self._own is not None and self.seed is not None
+        known = {source.name for source in self._own.sources.sources}
+        for source in caller.sources.sources:
+            if source.name not in known:
+                source.seed(self.seed)
 
     def __exit__(
         self,

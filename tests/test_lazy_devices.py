@@ -188,3 +188,17 @@ def test_a_backend_without_devices_is_inert() -> None:
         assert not empty._queued_calls and not empty.is_initialized()
     finally:
         rng_fork.unregister_source("empty")
+
+
+def test_a_seeded_stream_seeds_a_backend_that_initialized_between_its_entries(fake: FakeLazyBackend) -> None:
+    stream = rng_fork.RngStream(seed=3)
+    with stream:
+        torch.rand(1)  # the backend is not up: nothing of it is saved
+    fake.init()
+    before = [g.get_state() for g in fake.default_generators]
+    with stream:
+        got = fake.rand(1)
+    assert got == torch.rand(3, generator=torch.Generator().manual_seed(3)).tolist()
+    assert all(torch.equal(g.get_state(), s) for g, s in zip(fake.default_generators, before))
+    with stream:  # and goes on from there
+        assert fake.rand(1) == torch.rand(6, generator=torch.Generator().manual_seed(3)).tolist()[3:]
