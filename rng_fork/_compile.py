@@ -17,8 +17,10 @@ import importlib.util
 import sys
 from collections.abc import Sequence
 from types import ModuleType
+from typing import Any
 
 _RULES = "torch._dynamo.trace_rules"
+_MARK = "_rng_fork_skip_hook"
 
 
 def _skip_rng_fork(rules: ModuleType) -> None:
@@ -26,27 +28,40 @@ def _skip_rng_fork(rules: ModuleType) -> None:
         rules.add(__package__ or "rng_fork")
 
 
+class _SkipAfterExec(importlib.abc.Loader):
+    """The rules module's own loader, followed by adding rng_fork to the skip list."""
+
+    def __init__(self, loader: Any) -> None:
+        self._loader = loader
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType | None:
+        return self._loader.create_module(spec)  # type: ignore[no-any-return]
+
+    def exec_module(self, module: ModuleType) -> None:
+        self._loader.exec_module(module)
+        _skip_rng_fork(module)
+
+    def __getattr__(self, name: str) -> Any:  # get_source, get_filename, ... as the real loader
+        return getattr(self._loader, name)
+
+
 class _WhenRulesImported(importlib.abc.MetaPathFinder):
-    """Finds nothing itself; adds rng_fork to Dynamo's skip list once the rules module has run."""
+    """Finds nothing itself; wraps the loader of Dynamo's rules module, once."""
 
     def find_spec(
         self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
     ) -> importlib.machinery.ModuleSpec | None:
         if fullname != _RULES:
             return None
-        sys.meta_path.remove(self)
-        spec = importlib.util.find_spec(fullname)
-        loader = spec.loader if spec is not None else None
-        if loader is None or not hasattr(loader, "exec_module"):
+        with contextlib.suppress(ValueError):
+            sys.meta_path.remove(self)
+        try:
+            spec = importlib.util.find_spec(fullname)
+            if spec is not None and spec.loader is not None and hasattr(spec.loader, "exec_module"):
+                spec.loader = _SkipAfterExec(spec.loader)
             return spec
-        run = loader.exec_module
-
-        def run_then_skip(module: ModuleType) -> None:
-            run(module)
-            _skip_rng_fork(module)
-
-        loader.exec_module = run_then_skip  # type: ignore[method-assign]
-        return spec
+        except Exception:  # noqa: BLE001 - never stand in the way of the import itself
+            return None
 
 
 def keep_dynamo_out() -> None:
@@ -54,5 +69,7 @@ def keep_dynamo_out() -> None:
     rules = sys.modules.get(_RULES)
     if rules is not None:
         _skip_rng_fork(rules)
-    elif not any(isinstance(finder, _WhenRulesImported) for finder in sys.meta_path):
-        sys.meta_path.insert(0, _WhenRulesImported())
+    elif not any(getattr(finder, _MARK, False) for finder in sys.meta_path):
+        finder = _WhenRulesImported()
+        setattr(finder, _MARK, True)
+        sys.meta_path.insert(0, finder)

@@ -16,7 +16,7 @@ from types import TracebackType
 from typing import Any, Protocol, TypeVar, cast, overload
 
 from ._checks import check_devices, check_seed
-from ._swap import Capture, SourceSet, enter, leave, restore_all, take
+from ._swap import Capture, SourceSet, enter, leave, live_sources, restore_all, take
 from .sources import RngSource, generator_sources
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -131,7 +131,9 @@ class RngStream:
     def state_dict(self) -> dict[str, Any]:
         """The stream's state as plain checkpoint data (see :meth:`RngState.state_dict`).
 
-        A stream that has not started yet saves only its seed.
+        A stream that has not started yet saves only its seed. The stream keeps
+        its state in each source's fastest form, so this swaps it in for a
+        moment to read it: call it while no other thread draws.
         """
         from .state import RngState
 
@@ -140,6 +142,10 @@ class RngStream:
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Continue from a :meth:`state_dict`; validates it fully before changing anything.
+
+        Parts for sources the stream does not cover (other devices) are ignored;
+        a covered source the checkpoint lacks starts from the caller's state at
+        the time of loading.
 
         Example::
 
@@ -156,16 +162,16 @@ class RngStream:
             self._own = None
             return
         snapshot = RngState.from_state_dict(state_dict["state"])
-        entries = resolve_targets(snapshot, self._extra, strict=False)
+        # Only what the stream covers: other devices' parts must not reach the caller's generators.
+        covered = {source.name for source in live_sources(self.devices, self._extra)}
+        entries = [(s, part) for s, part in resolve_targets(snapshot, self._extra, strict=False) if s.name in covered]
         # Saved the way the stream saves itself: put in, taken, and the caller's states put back.
-        caller = enter(self.devices, self._swap, None)
+        caller = take(self.devices, self._swap, guard=False)
         try:
             restore_all(entries)
             own = take(self.devices, self._swap, guard=False)
-        except BaseException as exc:
-            leave(caller, exc)
-            raise
-        leave(caller, None)
+        finally:
+            caller.restore()
         self._own = own
 
     def __repr__(self) -> str:

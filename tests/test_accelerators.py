@@ -222,3 +222,22 @@ def test_a_failing_guard_is_named(acc: FakeModuleBackend) -> None:
             with fork_rng():
                 acc.init()
     assert list(info.value.failures) == ["acc"]
+
+
+def test_loading_a_stream_leaves_devices_it_does_not_cover(acc: FakeModuleBackend) -> None:
+    acc.init()
+    source_stream = rng_fork.RngStream(seed=0)
+    with source_stream:
+        acc.rand(0)
+        acc.rand(1)
+    checkpoint = source_stream.state_dict()
+    assert {"acc:0", "acc:1"} <= set(checkpoint["state"])
+    before = _states(acc)
+    stream = rng_fork.RngStream(devices=[0])
+    stream.load_state_dict(checkpoint)
+    assert _same(_states(acc), before)
+    with stream:
+        acc.rand(0)
+        acc.rand(1)  # drawn from the caller's acc:1, which the stream does not cover
+    assert torch.equal(acc.get_rng_state(0), before[0])
+    assert not torch.equal(acc.get_rng_state(1), before[1])

@@ -129,3 +129,53 @@ def test_dynamo_skips_rng_fork_whichever_is_imported_first(dynamo_first: bool) -
         [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, cwd=root, timeout=300
     )
     assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-3000:]
+
+
+def test_the_import_hook_wraps_without_touching_the_loader(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.machinery
+    import importlib.util
+    import types
+
+    from rng_fork import _compile
+
+    class ReadOnlyLoader:
+        __slots__ = ()
+
+        def create_module(self, spec: object) -> None:
+            return None
+
+        def exec_module(self, module: types.ModuleType) -> None:
+            module.added = []  # type: ignore[attr-defined]
+            module.add = module.added.append  # type: ignore[attr-defined]
+
+        def get_source(self, name: str) -> str:
+            return "# source"
+
+    loader = ReadOnlyLoader()
+    spec = importlib.machinery.ModuleSpec(_compile._RULES, loader)  # type: ignore[arg-type]
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: spec)
+    finder = _compile._WhenRulesImported()
+    monkeypatch.setattr(sys, "meta_path", [finder, *sys.meta_path])
+    assert finder.find_spec("something.else", None) is None
+    found = finder.find_spec(_compile._RULES, None)
+    assert found is spec and finder not in sys.meta_path
+    module = types.ModuleType(_compile._RULES)
+    found.loader.exec_module(module)  # type: ignore[union-attr]
+    assert module.added == ["rng_fork"]  # type: ignore[attr-defined]
+    assert found.loader.get_source(_compile._RULES) == "# source"  # type: ignore[union-attr]
+    assert type(loader).exec_module is ReadOnlyLoader.exec_module  # the real loader is unchanged
+
+
+def test_the_import_hook_never_breaks_the_import(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    from rng_fork import _compile
+
+    def broken(name: str) -> None:
+        raise ImportError("no such module here")
+
+    monkeypatch.setattr(importlib.util, "find_spec", broken)
+    finder = _compile._WhenRulesImported()
+    monkeypatch.setattr(sys, "meta_path", [finder])
+    assert finder.find_spec(_compile._RULES, None) is None  # the next finder gets its turn
+    assert sys.meta_path == []

@@ -147,9 +147,9 @@ class RngSource(ABC):
     def savers(self) -> Savers:
         """``(save, load)``: the cheapest way to copy this generator's state out and back in.
 
-        Forks use it: ``load(save())`` must restore exactly, but what ``save``
-        returns never leaves the fork, so it need not be a checked, immutable
-        part. The default is ``(capture, restore)``; override it only where
+        Forks and streams use it: ``load(save())`` must restore exactly, but
+        what ``save`` returns never leaves rng_fork, so it need not be a
+        checked, immutable part. The default is ``(capture, restore)``; override it only where
         something cheaper exists (torch's generators hand out their state tensor).
         """
         return self.capture, self.restore
