@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from numpy.random.mtrand import get_bit_generator, set_bit_generator
 
 import rng_fork
 
@@ -45,6 +46,9 @@ def _draw(op: str, n: int, gens: Generators) -> object:
         return [pr.gauss(0, 1) for _ in range(n)]
     if op == "gen.randomstate":
         return rs.randn(n).tolist()
+    if op == "np.swap":  # NumPy's global draws from a new bit generator from here on
+        set_bit_generator((np.random.PCG64 if n % 2 else np.random.MT19937)(n))
+        return None
     raise AssertionError(op)
 
 
@@ -54,6 +58,9 @@ OPS = [
 ]
 
 draws = st.tuples(st.sampled_from(OPS), st.integers(1, 5))
+# Programs for the block kinds: also swapping NumPy's bit generator, inside blocks and out.
+draws_and_swaps = st.one_of(draws, st.tuples(st.just("np.swap"), st.integers(1, 5)))
+KINDS = ("fork", "isolated", "stream")
 Program = list[tuple[str, int] | tuple[str, Any, Any]]
 
 
@@ -68,14 +75,39 @@ programs = st.recursive(
 )
 
 
-def _run(program: Program, gens: Generators, out: list[object] | None, with_blocks: bool) -> None:
+def _kind_blocks(children: st.SearchStrategy[Program]) -> st.SearchStrategy[tuple[str, Any, Any]]:
+    return st.tuples(st.sampled_from(KINDS), st.one_of(st.none(), st.integers(0, 2**32 - 1)), children)
+
+
+kind_programs = st.recursive(
+    st.lists(draws_and_swaps, max_size=6),
+    lambda children: st.lists(st.one_of(draws_and_swaps, _kind_blocks(children)), max_size=6),
+    max_leaves=25,
+)
+
+
+def _run(
+    program: Program,
+    gens: Generators,
+    out: list[object] | None,
+    with_blocks: bool,
+    streams: dict[int | None, rng_fork.RngStream] | None = None,
+) -> None:
     for step in program:
-        if step[0] == "block":
+        if step[0] in ("block", *KINDS):
             if not with_blocks:
                 continue
-            _, seed, body = step
-            with rng_fork.fork_rng(seed=seed, generators=gens):
-                _run(body, gens, None, with_blocks)
+            kind, seed, body = step
+            if kind in ("block", "fork"):
+                with rng_fork.fork_rng(seed=seed, generators=gens):
+                    _run(body, gens, None, with_blocks, streams)
+            elif kind == "isolated":
+                rng_fork.isolated(seed=seed, generators=gens)(_run)(body, gens, None, with_blocks, streams)
+            else:
+                assert streams is not None
+                stream = streams.setdefault(seed, rng_fork.RngStream(seed=seed, generators=gens))
+                with stream:
+                    _run(body, gens, None, with_blocks, streams)
         else:
             op, n = step
             value = _draw(op, n, gens)
@@ -84,6 +116,7 @@ def _run(program: Program, gens: Generators, out: list[object] | None, with_bloc
 
 
 def _outer_draws(program: Program, with_blocks: bool) -> list[object]:
+    set_bit_generator(np.random.MT19937(0))  # a program may have left another one
     seed_globals(77)
     gens: Generators = (
         torch.Generator().manual_seed(1),
@@ -92,10 +125,11 @@ def _outer_draws(program: Program, with_blocks: bool) -> list[object]:
         np.random.RandomState(4),
     )
     out: list[object] = []
-    _run(program, gens, out, with_blocks)
+    _run(program, gens, out, with_blocks, {})
     # A tail of draws from every source after the last block.
     for op in OPS:
         out.append(_draw(op, 3, gens))
+    out.append(type(get_bit_generator()).__name__)
     return out
 
 
@@ -103,6 +137,17 @@ def _outer_draws(program: Program, with_blocks: bool) -> list[object]:
 @given(programs)
 def test_blocks_never_change_outer_draws(program: Program) -> None:
     assert _outer_draws(program, with_blocks=True) == _outer_draws(program, with_blocks=False)
+
+
+@settings(max_examples=100, deadline=None)
+@given(kind_programs)
+def test_forks_isolated_calls_and_streams_never_change_outer_draws(program: Program) -> None:
+    """fork_rng, @isolated and RngStream blocks, nested in any order, some swapping NumPy's bit generator."""
+    original = get_bit_generator()
+    try:
+        assert _outer_draws(program, with_blocks=True) == _outer_draws(program, with_blocks=False)
+    finally:
+        set_bit_generator(original)  # hypothesis puts NumPy's state back after each example
 
 
 @settings(max_examples=60, deadline=None)
