@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import random
+import threading
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -48,3 +50,25 @@ def reference() -> Callable[[Callable[[], object]], object]:
         return fn()
 
     return run
+
+
+@contextmanager
+def fork_open_in_another_thread() -> Iterator[None]:
+    """A ``fork_rng()`` block held open by a second thread while the body runs."""
+    import rng_fork
+
+    inside, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with rng_fork.fork_rng():
+            inside.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    inside.wait(10)
+    try:
+        yield
+    finally:
+        release.set()
+        thread.join()

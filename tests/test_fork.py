@@ -12,7 +12,7 @@ import torch
 import rng_fork
 from rng_fork import PlainCodec, RngSource, fork_rng
 
-from .conftest import draw_all, seed_globals
+from .conftest import draw_all, fork_open_in_another_thread, seed_globals
 
 
 def test_block_is_invisible() -> None:
@@ -408,35 +408,19 @@ def test_a_block_that_swaps_numpys_bit_generator_is_undone(kinds: tuple[str, str
         set_bit_generator(original)
 
 
-def test_a_warning_turned_into_an_error_changes_nothing() -> None:
-    import threading
-
+def test_a_warning_turned_into_an_error_changes_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
     from rng_fork import _swap
 
-    opened, release = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        with fork_rng():
-            opened.set()
-            release.wait(10)
-
-    other = threading.Thread(target=hold)
-    other.start()
-    opened.wait(10)
-    try:
+    monkeypatch.setattr(_swap, "_warned_threads", False)
+    with fork_open_in_another_thread():
         expected = draw_all()
         seed_globals(1234)
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(_swap, "_warned_threads", False)
-            with warnings.catch_warnings():
-                warnings.simplefilter("error", rng_fork.RngForkWarning)
-                with pytest.raises(rng_fork.RngForkWarning):
-                    with fork_rng(seed=0):
-                        pass
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", rng_fork.RngForkWarning)
+            with pytest.raises(rng_fork.RngForkWarning):
+                with fork_rng(seed=0):
+                    pass
         assert draw_all() == expected
-    finally:
-        release.set()
-        other.join()
     assert not _swap._open_forks
 
 

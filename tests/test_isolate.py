@@ -7,7 +7,6 @@ import functools
 import inspect
 import io
 import random
-import threading
 import warnings
 from collections.abc import AsyncIterator, Callable, Iterator
 
@@ -20,7 +19,7 @@ from hypothesis import strategies as st
 import rng_fork
 from rng_fork import RngStream, fork_rng, isolated
 
-from .conftest import draw_all, seed_globals
+from .conftest import draw_all, fork_open_in_another_thread, seed_globals
 
 
 def _caller_after(action: Callable[[], object]) -> tuple[object, object]:
@@ -510,27 +509,12 @@ def test_forks_in_two_threads_warn_once(monkeypatch: pytest.MonkeyPatch) -> None
     from rng_fork import _swap
 
     monkeypatch.setattr(_swap, "_warned_threads", False)
-    inside = threading.Event()
-    release = threading.Event()
-
-    def other() -> None:
+    with fork_open_in_another_thread(), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         with fork_rng():
-            inside.set()
-            release.wait(10)
-
-    thread = threading.Thread(target=other)
-    thread.start()
-    inside.wait(10)
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            with fork_rng():
-                pass
-            with fork_rng():
-                pass
-    finally:
-        release.set()
-        thread.join()
+            pass
+        with fork_rng():
+            pass
     relevant = [w for w in caught if issubclass(w.category, rng_fork.RngForkWarning)]
     assert len(relevant) == 1
     assert "thread" in str(relevant[0].message)
