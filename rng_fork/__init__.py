@@ -1,8 +1,8 @@
 """rng_fork: run code without changing what every other line of the program draws.
 
 ``with fork_rng(): evaluate()`` saves Python's, NumPy's, torch's and every
-initialized CUDA device's RNG state, runs the block and puts them back exactly,
-without ever initializing CUDA.
+initialized accelerator device's RNG state, runs the block and puts them back
+exactly, without ever initializing CUDA.
 """
 
 from typing import Any

@@ -17,7 +17,8 @@ class fork_rng:  # noqa: N801 - named like torch.random.fork_rng, which it repla
     """Fork every RNG for the duration of a block.
 
     On entry it captures Python's ``random``, NumPy's legacy global generator,
-    torch's CPU generator, every initialized CUDA device and the objects in
+    torch's CPU generator, every initialized device of every accelerator type
+    (CUDA, XPU, MTIA, MPS, a PrivateUse1 backend) and the objects in
     ``generators``; on exit (return, exception or ``KeyboardInterrupt``) it
     restores them, so the code after the block draws exactly what it would have
     drawn had the block never run. The block starts from the current state.
@@ -26,8 +27,9 @@ class fork_rng:  # noqa: N801 - named like torch.random.fork_rng, which it repla
         seed: if given, an int in ``[0, 2**32)`` that seeds every forked source
             after the snapshot, so the block is deterministic wherever it runs.
         enabled: ``False`` makes a plain block (as in torch).
-        devices: CUDA device indices to fork; ``[]`` forks none; default: every
-            initialized device. CUDA is never initialized by the fork.
+        devices: device indices to fork, for every device type; ``[]`` forks
+            none; default: every initialized device. No runtime is ever
+            initialized by the fork.
         generators: extra objects to fork: ``torch.Generator``,
             ``numpy.random.Generator``/``RandomState``/``BitGenerator``,
             ``random.Random`` or a ``DataLoader`` (its and its sampler's generator).

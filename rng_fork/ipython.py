@@ -56,7 +56,7 @@ class ForkRngMagics(Magics):
         """Run the cell with every RNG forked: later cells draw as if it had never run.
 
         Python's ``random``, NumPy's global generator, torch's CPU generator and
-        every initialized CUDA device are saved before the cell and restored
+        every initialized accelerator device are saved before the cell and restored
         after it, also when it raises (the error is shown as usual). The value
         of a last expression is displayed as for any cell. Options are checked
         before the cell runs. Top-level ``await`` is not supported in the cell.

@@ -221,10 +221,10 @@ def _target(name: str, extra: Mapping[str, RngSource]) -> RngSource:
 
 
 def seed_all(seed: int) -> None:
-    """Seed every default source (Python, NumPy, torch, every CUDA device) from ``seed``.
+    """Seed every registered source (Python, NumPy, torch, every device of every type) from ``seed``.
 
-    ``seed`` must be an int in ``[0, 2**32)``. CUDA is seeded lazily if it is
-    not initialized, as ``torch.manual_seed`` does.
+    ``seed`` must be an int in ``[0, 2**32)``. CUDA, XPU and MTIA are seeded
+    lazily if they are not initialized, as ``torch.manual_seed`` does.
 
     Example::
 
