@@ -215,16 +215,7 @@ class Capture:
 
     def restore(self) -> None:
         """Put every saved source back, and undo what happened to guarded runtimes."""
-        sources = self.sources
-        if not self.guards:
-            try:
-                for load, value in zip(sources.loads, self.saved, strict=True):
-                    load(value)
-            except Exception:  # noqa: BLE001 - redone by _load_all, which collects every failure
-                pass
-            else:
-                return
-        _load_all(sources.sources, sources.loads, self.saved, self.guards)
+        _load_all(self.sources.sources, self.sources.loads, self.saved, self.guards)
 
     def parts(self) -> dict[str, tuple[str, Part]]:
         """The saved states as snapshot parts, ``{name: (codec tag, part)}``.

@@ -34,6 +34,11 @@ def _never() -> bool:
     return False
 
 
+def _check_device_type(part: Any, device_type: str, name: str) -> None:
+    if part.device_type != device_type:
+        raise ValueError(f"a {part.device_type} generator state cannot go into {name}")
+
+
 class _DeviceFamily(RngSource):
     """What every per-device-type family shares: the device count and device selection."""
 
@@ -43,16 +48,6 @@ class _DeviceFamily(RngSource):
         self.device_type = device_type or name
         self.codec = TorchGeneratorSource.codec
         self._count: int | None = None
-
-    def available(self) -> bool:
-        module = self.module
-        # In a child forked from a process that used the backend, torch refuses it.
-        if getattr(module, "_is_in_bad_fork", _never)():
-            return False
-        is_initialized = getattr(module, "is_initialized", None)
-        if is_initialized is None:  # no lazy initialization (MPS): usable whenever a device exists
-            return self.device_count() > 0
-        return bool(is_initialized())
 
     def device_count(self) -> int:
         """Devices visible to the backend; asks the driver without initializing.
@@ -207,6 +202,16 @@ class ModuleDeviceSource(_DeviceFamily):
     REQUIRED = ("device_count", "get_rng_state", "set_rng_state")
     """What a backend module needs for this source."""
 
+    def available(self) -> bool:
+        module = self.module
+        # In a child forked from a process that used the backend, torch refuses it.
+        if getattr(module, "_is_in_bad_fork", _never)():
+            return False
+        is_initialized = getattr(module, "is_initialized", None)
+        if is_initialized is None:  # no lazy initialization (MPS): usable whenever a device exists
+            return self.device_count() > 0
+        return bool(is_initialized())
+
     def expand(self, devices: Sequence[int] | None) -> Sequence[RngSource]:
         if not self.available():
             return ()
@@ -265,8 +270,7 @@ class _ModuleDevice(RngSource):
             module.set_rng_state(state, i)
 
     def check_target(self, part: Any) -> None:
-        if part.device_type != self.family.device_type:
-            raise ValueError(f"a {part.device_type} generator state cannot go into {self.name}")
+        _check_device_type(part, self.family.device_type, self.name)
 
 
 class _InitWatch:
@@ -309,8 +313,7 @@ class _QueuedDeviceSource(TorchGeneratorSource):
         raise TypeError(f"seeding {self.name} alone would initialize its runtime")
 
     def check_target(self, part: Any) -> None:
-        if part.device_type != self.device_type:
-            raise ValueError(f"a {part.device_type} generator state cannot go into {self.name}")
+        _check_device_type(part, self.device_type, self.name)
 
 
 def _is_rng_call(call: QueuedCall, module: Any) -> bool:
