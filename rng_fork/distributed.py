@@ -32,9 +32,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch.distributed as dist
 
-from ._swap import restore_all
+from ._swap import live_sources, restore_all
 from .errors import RngRestoreError
-from .sources import Part, RngSource, generator_sources
+from .sources import Part, RngSource, current_devices, generator_sources
 from .state import RngState, get_rng_state, resolve_targets
 
 if TYPE_CHECKING:
@@ -143,8 +143,9 @@ def check_rng_in_sync(group: ProcessGroup | None = None, *, generators: Iterable
     Returns an :class:`RngSyncReport` (true when all ranks agree) on every rank.
     A collective: every rank of ``group`` must call it. Useful where ranks are
     seeded alike and should draw alike, e.g. to find code that draws on one rank
-    only. CUDA parts are compared by name: with one GPU per rank, ``cuda:0`` of
-    rank 0 and ``cuda:0`` of rank 1 are different generators that may differ.
+    only. Devices are compared by role, not index: each rank's current device
+    (``torch.cuda.set_device(local_rank)``) against rank 0's, reported under the
+    device type's name (``'cuda'``); a rank's other devices are not compared.
 
     Example::
 
@@ -152,16 +153,21 @@ def check_rng_in_sync(group: ProcessGroup | None = None, *, generators: Iterable
         if not report:
             print(report)   # RNG state differs from rank 0's ...: 'torch' on rank 1
     """
-    states = gather_rng_state(group, generators=generators)
-    reference = states[0]
-    names = list(dict.fromkeys(name for state in states for name in state.names))
+    _membership(group)
+    gathered = _all_gather((get_rng_state(generators=generators), current_devices()), group)
+    views = [
+        {shared: state.part(name) for name, shared in _shared_names(state, current).items()}
+        for state, current in gathered
+    ]
+    reference = views[0]
     differing: dict[str, tuple[int, ...]] = {}
-    for name in names:
-        wanted = _part_or_missing(reference, name)
-        ranks = tuple(r for r, state in enumerate(states) if _part_or_missing(state, name) != wanted)
+    for name in dict.fromkeys(name for view in views for name in view):
+        # A sentinel, not None: a registered source's part may itself be None.
+        wanted = reference.get(name, _MISSING)
+        ranks = tuple(r for r, view in enumerate(views) if view.get(name, _MISSING) != wanted)
         if ranks:
             differing[name] = ranks
-    return RngSyncReport(world_size=len(states), differing=differing)
+    return RngSyncReport(world_size=len(views), differing=differing)
 
 
 def broadcast_rng_state(
@@ -171,13 +177,17 @@ def broadcast_rng_state(
     generators: Iterable[object] = (),
     strict: bool = True,
 ) -> None:
-    """Put every rank on ``src``'s RNG streams: afterwards every rank has ``src``'s state.
+    """Put every rank on ``src``'s RNG streams: afterwards every rank draws what ``src`` draws.
 
     ``src`` is a global rank, as in ``torch.distributed.broadcast``. A collective:
     every rank of ``group`` must call it. Each rank validates ``src``'s state
     against its own sources first (``strict`` as in :func:`rng_fork.set_rng_state`);
     if any rank cannot take it, every rank raises ``ValueError`` and none changes.
     ``generators`` are each rank's own objects; ``src``'s states go into them.
+
+    Devices follow their role: ``src``'s current device's state goes into each
+    rank's current device, so with one GPU per rank, rank 1's ``cuda:1`` takes
+    rank 0's ``cuda:0``; a rank's other devices keep their states.
 
     Example::
 
@@ -191,21 +201,49 @@ def broadcast_rng_state(
     if src not in members:
         raise ValueError(f"src={src} is not a rank of the group (its global ranks are {members})")
     is_src = dist.get_rank() == src
-    box: list[RngState | None] = [get_rng_state(generators=generators) if is_src else None]
+    box: list[object] = [(get_rng_state(generators=generators), current_devices()) if is_src else None]
     dist.broadcast_object_list(box, src=src, group=group)
-    state = box[0]
 
     def prepare() -> Entries | None:
         # src already has the state; restoring it there would only repeat it.
         if is_src:
             return None
-        if not isinstance(state, RngState):
-            raise TypeError(f"rank {src} sent {type(state).__name__}, not an RngState")
-        return resolve_targets(state, generator_sources(generators), strict=strict)
+        sent = box[0]
+        if not (isinstance(sent, tuple) and len(sent) == 2 and isinstance(sent[0], RngState)):
+            raise TypeError(f"rank {src} sent {type(sent).__name__}, not an RngState")
+        state, theirs = sent
+        mine = current_devices()
+        # src's current device goes to this rank's own (or, where it has none, to the same index).
+        targets = {name: mine.get(shared, name) for name, shared in _shared_names(state, theirs).items()}
+        expected = [
+            source.name for source in live_sources(None)
+            if source.name.partition(":")[0] not in mine or source.name in mine.values()
+        ]
+        return resolve_targets(
+            state._renamed(targets), generator_sources(generators), strict=strict, expected=expected
+        )
 
     entries, error = _attempt(prepare)
     _raise_if_any(_all_gather(error, group), "broadcast_rng_state")
     _restore_agreed(entries, group)
+
+
+def _shared_names(state: RngState, current: Mapping[str, str]) -> dict[str, str]:
+    """Which parts of a rank's ``state`` it draws from, each under a name every rank shares.
+
+    Sources and generator objects keep their names. Of a device type with a
+    current device (``current``, as :func:`~rng_fork.sources.current_devices`
+    gives), that device's part goes under the type's name and the others are left
+    out: rank 0's ``cuda:0`` and rank 1's ``cuda:1`` are both ``"cuda"``.
+    """
+    shared: dict[str, str] = {}
+    for name in state.names:
+        family = name.partition(":")[0]
+        if family not in current:
+            shared[name] = name
+        elif name == current[family]:
+            shared[name] = family
+    return shared
 
 
 def rng_state_dict(group: ProcessGroup | None = None, *, generators: Iterable[object] = ()) -> dict[str, Any]:
@@ -367,11 +405,6 @@ def _unpack(state_dict: object) -> tuple[int, Sequence[Any]]:
 
 
 _MISSING = object()
-
-
-def _part_or_missing(state: RngState, name: str) -> object:
-    # A sentinel, not None: a registered source's part may itself be None.
-    return state.part(name) if name in state.names else _MISSING
 
 
 def _ranks(ranks: Sequence[int]) -> str:

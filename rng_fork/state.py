@@ -66,6 +66,10 @@ class RngState:
         object.__setattr__(state, "_parts", parts)
         return state
 
+    def _renamed(self, names: Mapping[str, str]) -> RngState:
+        """The parts named by the keys of ``names``, each under its value."""
+        return RngState._trusted({new: self._parts[old] for old, new in names.items()})
+
     @property
     def names(self) -> tuple[str, ...]:
         """The sources this snapshot holds, in capture order."""
@@ -177,12 +181,13 @@ def set_rng_state(
 
 
 def resolve_targets(
-    state: RngState, generators: Iterable[RngSource], *, strict: bool
+    state: RngState, generators: Iterable[RngSource], *, strict: bool, expected: Iterable[str] | None = None
 ) -> list[tuple[RngSource, Part]]:
     """Pair each part of ``state`` with the live source it goes into, validating all of them.
 
     Raises ``TypeError``/``ValueError`` naming the source for a part that has no
-    target, does not fit its target or (with ``strict``) is missing.
+    target, does not fit its target or (with ``strict``) is missing. ``expected``
+    names the sources ``strict`` requires, if not every live one.
     """
     extra = {source.name: source for source in generators}
     entries: list[tuple[RngSource, Part]] = []
@@ -196,8 +201,8 @@ def resolve_targets(
             raise _named(name, exc) from None
         entries.append((target, part))
     if strict:
-        expected = [s.name for s in live_sources(None)] + list(extra)
-        missing = [name for name in expected if name not in state._parts]
+        required = [s.name for s in live_sources(None)] if expected is None else list(expected)
+        missing = [name for name in [*required, *extra] if name not in state._parts]
         if missing:
             raise ValueError(
                 f"the state has no part for RNG source(s) {', '.join(map(repr, missing))}; "

@@ -32,6 +32,9 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 import rng_fork
 import rng_fork.distributed as rd
 from rng_fork import PlainCodec, RngSource, get_rng_state
+from rng_fork.sources import LazyDeviceSource, current_devices
+
+from .fakebackend import FakeLazyBackend
 
 ISOLATIONS: dict[str, Callable[[], AbstractContextManager[object]]] = {
     "none": contextlib.nullcontext,
@@ -276,7 +279,31 @@ def collectives(rank: int, world_size: int, out: Path) -> dict[str, Any]:
     return seen
 
 
+def one_device_per_rank(rank: int, world_size: int, out: Path) -> dict[str, Any]:
+    """Every rank sees two devices and draws on its own, as torchrun jobs without CUDA_VISIBLE_DEVICES do."""
+    backend = FakeLazyBackend(count=world_size)
+    backend.set_device(rank)
+    rng_fork.register_source(LazyDeviceSource("fakedev", backend))
+    seen: dict[str, Any] = {"current": current_devices()}  # before initialization: none
+    backend.init()
+    seen["current_initialized"] = current_devices()
+    rng_fork.seed_all(0)
+    generators = backend.default_generators
+    backend.rand(rank)  # in step: each rank drew once from its own device
+    seen["in_step"] = rd.check_rng_in_sync().differing
+    if rank == 0:
+        backend.rand(0)
+    seen["apart"] = rd.check_rng_in_sync().differing
+    other = generators[1 - rank].get_state()
+    rd.broadcast_rng_state(src=0)
+    seen["after_broadcast"] = rd.check_rng_in_sync().differing
+    seen["other_kept"] = torch.equal(generators[1 - rank].get_state(), other)
+    seen["own_draws"] = backend.rand(rank)
+    return seen
+
+
 SCENARIOS: dict[str, Callable[[int, int, Path], dict[str, Any]]] = {
     "ddp": ddp,
     "collectives": collectives,
+    "one_device_per_rank": one_device_per_rank,
 }

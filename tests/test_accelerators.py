@@ -16,7 +16,7 @@ import torch
 
 import rng_fork
 from rng_fork import RngForkWarning, fork_rng
-from rng_fork.sources import LazyDeviceSource, ModuleDeviceSource, device_source
+from rng_fork.sources import LazyDeviceSource, ModuleDeviceSource, current_devices, device_source
 
 from .fakebackend import FakeLazyBackend, FakeModuleBackend
 
@@ -113,6 +113,27 @@ def test_device_source_picks_the_adapter() -> None:
         device_source("nosuchdevice")
     with pytest.raises(TypeError, match="no get_rng_state, set_rng_state"):
         device_source("bare", object.__new__(type("Bare", (), {"device_count": lambda self: 1})))
+
+
+def test_current_devices_names_each_initialized_types_current_device(acc: FakeModuleBackend) -> None:
+    lazy = FakeLazyBackend(count=2)
+    single = FakeModuleBackend(count=1, lazy=False)
+    rng_fork.register_source(LazyDeviceSource("lazyacc", lazy, device_type="cpu"))
+    rng_fork.register_source(ModuleDeviceSource("single", single, device_type="cpu"))
+    try:
+        # Uninitialized types have none (asking would initialize them); a module without
+        # current_device has one only if it has a single device (MPS).
+        assert current_devices() == {"single": "single:0"}
+        assert not lazy.is_initialized()
+        lazy.init()
+        lazy.set_device(1)
+        acc.init()
+        assert current_devices() == {"lazyacc": "lazyacc:1", "single": "single:0"}
+        acc.current_device = lambda: 1  # type: ignore[attr-defined]
+        assert current_devices()["acc"] == "acc:1"
+    finally:
+        rng_fork.unregister_source("lazyacc")
+        rng_fork.unregister_source("single")
 
 
 def test_mps_is_registered_and_inert_without_a_device() -> None:

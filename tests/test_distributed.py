@@ -319,3 +319,18 @@ def test_checkpoint_of_two_ranks_loaded_into_one(
         assert rd.load_rng_state_dict(sd, strict=False) == report
     assert draws() == runs[0]["expected"]
 
+
+
+@pytest.mark.slow
+def test_devices_are_compared_and_broadcast_by_role(tmp_path: Path) -> None:
+    # Each rank sees both devices and draws on its own (rank r on device r); comparing
+    # or copying by index would pair rank 0's device 0 with rank 1's unused device 0.
+    r0, r1 = run_ranks("one_device_per_rank", 2, tmp_path)
+    for rank, r in enumerate((r0, r1)):
+        assert r["current"] == {}
+        assert r["current_initialized"] == {"fakedev": f"fakedev:{rank}"}
+        assert r["in_step"] == {}
+        assert r["apart"] == {"fakedev": (1,)}
+        assert r["after_broadcast"] == {}
+        assert r["other_kept"]
+    assert r0["own_draws"] == r1["own_draws"]

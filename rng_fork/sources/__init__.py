@@ -9,7 +9,7 @@ from .objects import (
     TorchGeneratorSource,
     generator_sources,
 )
-from .registry import codec_for, register_source, registered_sources, source_family, unregister_source
+from .registry import codec_for, current_devices, register_source, registered_sources, source_family, unregister_source
 
 __all__ = [
     "BitGeneratorSource",
@@ -25,6 +25,7 @@ __all__ = [
     "Savers",
     "TorchGeneratorSource",
     "codec_for",
+    "current_devices",
     "device_source",
     "generator_sources",
     "register_source",

@@ -75,6 +75,22 @@ class _DeviceFamily(RngSource):
         if missing:
             raise ValueError(f"{self.name} has {count} device(s); no device {missing[0]} to fork")
 
+    def current_device(self) -> int | None:
+        """The device this process draws from by default, or None while the runtime is not up.
+
+        In a job with one device per rank (``torch.cuda.set_device(local_rank)``)
+        it is the rank's own device, whatever its index.
+        """
+        if not self.available():
+            return None
+        current = getattr(self.module, "current_device", None)
+        if current is None:  # MPS: one device, no notion of a current one
+            return 0 if self.device_count() == 1 else None
+        try:
+            return int(current())
+        except Exception:  # noqa: BLE001 - a backend that cannot say has no current device to name
+            return None
+
     def _index(self, name: str) -> int | None:
         prefix, _, index = name.partition(":")
         return int(index) if prefix == self.name and index.isdigit() else None

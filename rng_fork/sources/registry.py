@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from .base import Codec, RngSource
-from .devices import LazyDeviceSource, device_source
+from .devices import LazyDeviceSource, _DeviceFamily, device_source
 from .objects import (
     GENERATOR_PREFIX,
     BitGeneratorCodec,
@@ -106,6 +106,21 @@ def registered_sources() -> tuple[RngSource, ...]:
 def codec_for(tag: str) -> Codec | None:
     """The codec registered under ``tag``, if any."""
     return _codecs.get(tag)
+
+
+def current_devices() -> dict[str, str]:
+    """Each device type's current device, as the part name it has in snapshots.
+
+    Only types whose runtime is initialized and that can say which device is
+    current: ``{"cuda": "cuda:1"}`` on the rank that called ``set_device(1)``.
+    """
+    found: dict[str, str] = {}
+    for source in _ordered:
+        if isinstance(source, _DeviceFamily):
+            index = source.current_device()
+            if index is not None:
+                found[source.name] = f"{source.name}:{index}"
+    return found
 
 
 def source_family(name: str) -> RngSource | None:

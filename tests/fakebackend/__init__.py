@@ -26,6 +26,14 @@ class FakeLazyBackend:
         self._lazy_seed_tracker = _LazySeedTracker()
         self.default_generators: tuple[torch.Generator, ...] = ()
         self.creation_states: list[torch.Tensor] = []
+        self.current = 0
+
+    def set_device(self, device: int) -> None:
+        self.current = device
+
+    def current_device(self) -> int:
+        self.init()  # as torch.cuda.current_device does
+        return self.current
 
     def is_initialized(self) -> bool:
         return self._initialized
