@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 import torch
@@ -148,32 +147,47 @@ def test_mps_is_registered_and_inert_without_a_device() -> None:
 
 
 CAPTURE_ERROR = "Cannot call CUDAGeneratorImpl::current_seed during CUDA graph capture"
+SEED_ERROR = "CUDAGeneratorImpl::set_current_seed can be called during stream capture only if new seed is the same"
 
 
 class _CapturableGenerator:
-    """A device generator that refuses, as CUDA's does, while its backend captures a graph."""
+    """A device generator that behaves as CUDA's does while its backend captures a graph.
 
-    def __init__(self, backend: Any, inner: torch.Generator) -> None:
+    Before torch 2.10 (``graph_safe=False``) it refuses to be read or set; since
+    then it takes any state with its own seed, and refuses seeds that differ.
+    """
+
+    def __init__(self, backend: _CapturingBackend, inner: torch.Generator) -> None:
         self.backend = backend
         self.inner = inner
         self.device = inner.device
 
-    def get_state(self) -> torch.Tensor:
-        if self.backend.capturing:
+    def _check(self, seed: int | None = None) -> None:
+        if not self.backend.capturing:
+            return
+        if not self.backend.graph_safe:
             raise RuntimeError(CAPTURE_ERROR)
+        if seed is not None and seed != self.inner.initial_seed():
+            raise RuntimeError(SEED_ERROR)
+
+    def get_state(self) -> torch.Tensor:
+        self._check()
         return self.inner.get_state()
 
     def set_state(self, state: torch.Tensor) -> None:
-        if self.backend.capturing:
-            raise RuntimeError(CAPTURE_ERROR)
+        probe = torch.Generator()
+        probe.set_state(state)
+        self._check(probe.initial_seed())
         self.inner.set_state(state)
 
     def manual_seed(self, seed: int) -> None:
+        self._check(seed)
         self.inner.manual_seed(seed)
 
 
 class _CapturingBackend(FakeLazyBackend):
     capturing = False
+    graph_safe = False
 
     def is_current_stream_capturing(self) -> bool:
         return self.capturing
@@ -197,12 +211,59 @@ def capturing() -> Iterator[_CapturingBackend]:
 def test_fork_during_graph_capture_raises_a_clear_error_and_changes_nothing(capturing: _CapturingBackend) -> None:
     cpu_before = torch.get_rng_state()
     capturing.capturing = True
-    with pytest.raises(RuntimeError, match=r"graphs:0: .*during CUDA graph capture.*outside the captured region"):
+    with pytest.raises(RuntimeError, match=r"graphs:0: during CUDA graph capture.*outside the captured region"):
         with fork_rng():
             torch.rand(1)
     assert torch.equal(torch.get_rng_state(), cpu_before)
     with pytest.raises(RuntimeError, match="outside the captured region"):
         rng_fork.get_rng_state()
+
+
+def test_unseeded_fork_inside_a_graph_safe_capture_isolates(capturing: _CapturingBackend) -> None:
+    capturing.graph_safe = True
+    inner = capturing.default_generators[0].inner
+    capturing.capturing = True
+    before = inner.get_state()
+    expected = torch.rand(3, generator=inner)
+    inner.set_state(before)
+    with fork_rng():
+        torch.rand(5, generator=inner)
+    assert torch.equal(torch.rand(3, generator=inner), expected)
+
+
+@pytest.mark.parametrize("graph_safe", [False, True])
+def test_seeding_during_graph_capture_raises_a_clear_error_and_changes_nothing(
+    capturing: _CapturingBackend, graph_safe: bool
+) -> None:
+    capturing.graph_safe = graph_safe
+    stream = rng_fork.RngStream(seed=11)
+    before = rng_fork.get_rng_state()
+    capturing.capturing = True
+    cpu_before = torch.get_rng_state()
+    with pytest.raises(RuntimeError, match=r"graphs:0: during CUDA graph capture torch can neither seed"):
+        with fork_rng(seed=3):
+            torch.rand(1)
+    with pytest.raises(RuntimeError, match="enter RngStreams outside the captured region"):
+        with stream:
+            torch.rand(1)
+    assert torch.equal(torch.get_rng_state(), cpu_before)
+    capturing.capturing = False
+    assert rng_fork.get_rng_state() == before
+
+
+@pytest.mark.parametrize("graph_safe", [False, True])
+def test_snapshots_are_refused_during_graph_capture(capturing: _CapturingBackend, graph_safe: bool) -> None:
+    # Even where torch allows it, a snapshot there would hold the graph's offset, not the generator's.
+    capturing.graph_safe = graph_safe
+    outside = rng_fork.get_rng_state()
+    capturing.capturing = True
+    with pytest.raises(RuntimeError, match="take or load snapshots .* outside the captured region"):
+        rng_fork.get_rng_state()
+    torch.rand(1)
+    cpu_before = torch.get_rng_state()
+    with pytest.raises(RuntimeError, match="take or load snapshots"):
+        rng_fork.set_rng_state(outside)
+    assert torch.equal(torch.get_rng_state(), cpu_before)
 
 
 def test_fork_of_cpu_sources_works_during_graph_capture(capturing: _CapturingBackend) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.torch_version import TorchVersion
 
 import rng_fork
 from rng_fork import fork_rng
@@ -219,22 +220,65 @@ def test_isolated_and_stream_on_cuda() -> None:
     assert b == torch.rand(2, device="cuda").tolist()
 
 
-def test_fork_during_graph_capture() -> None:
-    """Inside torch.cuda.graph: a clear error for CUDA sources, CPU-only forks work,
-    and a fork around the capture restores the generator the capture advanced."""
-    torch.cuda.init()
+GRAPH_SAFE_STATES = TorchVersion(torch.__version__) >= (2, 10)
+"""Since torch 2.10 a CUDA generator's state can be read and set during graph capture."""
+
+
+def _warmed_up() -> torch.Tensor:
     static = torch.zeros(16, device="cuda")
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):  # warm-up outside capture, as torch's docs ask
         static.copy_(torch.rand(16, device="cuda"))
     torch.cuda.current_stream().wait_stream(stream)
+    return static
+
+
+def _captured(fork: bool) -> list[torch.Tensor]:
+    """A graph drawing a, (a forked block), b; replayed from seed 1, then one eager draw after it."""
+    torch.cuda.manual_seed(0)
+    out = [torch.zeros(16, device="cuda") for _ in range(2)]
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out[0].copy_(torch.rand(16, device="cuda"))
+        if fork:
+            with fork_rng():
+                torch.randn(40, device="cuda")
+                torch.rand(3)
+        out[1].copy_(torch.rand(16, device="cuda"))
+    torch.cuda.manual_seed(1)
+    graph.replay()
+    after = torch.rand(4, device="cuda")
+    torch.cuda.synchronize()
+    return [t.cpu() for t in (*out, after)]
+
+
+@pytest.mark.skipif(not GRAPH_SAFE_STATES, reason="torch < 2.10 refuses generator states during capture")
+def test_fork_inside_graph_capture_isolates_the_captured_draws() -> None:
+    torch.cuda.init()
+    _warmed_up()
+    cpu_before = torch.get_rng_state()
+    plain, forked = _captured(fork=False), _captured(fork=True)
+    assert torch.equal(torch.get_rng_state(), cpu_before)
+    for a, b in zip(plain, forked, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_fork_during_graph_capture() -> None:
+    """Inside torch.cuda.graph: a clear error where torch refuses (a seed; any state before
+    torch 2.10), CPU-only forks work, and a fork around the capture restores the generator."""
+    torch.cuda.init()
+    static = _warmed_up()
     graph = torch.cuda.CUDAGraph()
     cpu_before = torch.get_rng_state()
     with torch.cuda.graph(graph):
         with pytest.raises(RuntimeError, match="outside the captured region"):
-            with fork_rng():
+            with fork_rng(seed=5):
                 pass
+        if not GRAPH_SAFE_STATES:
+            with pytest.raises(RuntimeError, match="outside the captured region"):
+                with fork_rng():
+                    pass
         with fork_rng(devices=[]):
             torch.rand(3)  # CPU draws inside the capture region
         static.copy_(torch.rand(16, device="cuda"))

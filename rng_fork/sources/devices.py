@@ -24,9 +24,12 @@ from .objects import TorchGeneratorSource, TorchState
 QueuedCall = tuple[Callable[[], None], Any]
 
 GRAPH_CAPTURE_HELP = (
-    "{name}: torch cannot read or set a device generator's state during CUDA graph capture. "
-    "Enter fork_rng/@isolated outside the captured region (around torch.cuda.graph), or pass "
-    "devices=[] to fork only the CPU-side generators inside it."
+    "{name}: during CUDA graph capture torch can neither seed a device generator nor give it a state "
+    "with another seed (a captured graph keeps the seed it was captured with), a snapshot there would "
+    "hold the graph's offset instead of the generator's, and before torch 2.10 torch cannot read or set "
+    "its state at all. Seed, take or load snapshots and enter RngStreams outside the captured region "
+    "(around torch.cuda.graph), or pass devices=[] to leave the devices out inside it; fork_rng() "
+    "without a seed works inside a capture on torch 2.10 and later."
 )
 
 
@@ -106,7 +109,12 @@ class _DeviceFamily(RngSource):
 
 
 class _DeviceGeneratorSource(TorchGeneratorSource):
-    """A device's default generator; explains the failure torch gives during graph capture."""
+    """A device's default generator; explains the failures torch gives during graph capture.
+
+    Since torch 2.10 a CUDA generator's state can be read and set while a graph
+    is captured: the offset is then the graph's own, so a fork inside a capture
+    isolates the captured draws as it does eager ones. Seeding cannot work there.
+    """
 
     def __init__(self, name: str, obj: Any, module: Any) -> None:
         super().__init__(name, obj)
@@ -135,11 +143,26 @@ class _DeviceGeneratorSource(TorchGeneratorSource):
     def savers(self) -> Savers:
         return self._save, self._load
 
+    def seed(self, seed: int) -> None:
+        self._explaining(self.obj.manual_seed)(seed)
+
     def capture(self) -> TorchState:
+        self._refuse_in_graph()
         return TorchState(self.device_type, self._save())
 
     def restore(self, part: Any) -> None:
         self._load(part.tensor)
+
+    def check_target(self, part: Any) -> None:
+        super().check_target(part)
+        self._refuse_in_graph()  # while validating, so that nothing has changed
+
+    def _refuse_in_graph(self) -> None:
+        # A snapshot taken in a capture holds the graph's offset, and one loaded
+        # into it sets the graph's offset: either would silently shift draws.
+        # Forks save and load through savers(), within one capture.
+        if self._capturing():
+            raise RuntimeError(GRAPH_CAPTURE_HELP.format(name=self.name))
 
 
 class LazyDeviceSource(_DeviceFamily):
