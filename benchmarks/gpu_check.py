@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+# One broken test module must not cost the whole (rare) GPU run its report.
+PYTEST_OPTIONS = ["-q", "-rfEs", "-p", "no:cacheprovider", "--continue-on-collection-errors"]
 
 
 def _run(title: str, command: list[str], timeout: int) -> tuple[str, int, float]:
@@ -39,7 +41,7 @@ def main() -> int:
     print(f"torch {torch.__version__}, {torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}")
     python = sys.executable
     results = [
-        _run("CUDA tests", [python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "cuda", "tests"], 240),
+        _run("CUDA tests", [python, "-m", "pytest", *PYTEST_OPTIONS, "-m", "cuda", "tests"], 240),
         _run("GPU benchmark", [python, "-m", "benchmarks", "--gpu", "--rounds", "60"], 150),
     ]
     print("\n== summary")

@@ -107,18 +107,22 @@ def parts(state: rng_fork.RngState) -> dict[str, object]:
 # --- DDP training with an evaluation on rank 0 --------------------------------
 
 
-def _evaluate(model: nn.Module, loader: DataLoader[tuple[torch.Tensor, ...]]) -> None:
+CPU = torch.device("cpu")
+
+
+def _evaluate(model: nn.Module, loader: DataLoader[tuple[torch.Tensor, ...]], device: torch.device) -> None:
     """An evaluation that draws from every global generator, as real ones do."""
     model.eval()
     with torch.no_grad():
         for (x,) in loader:  # a shuffled loader: draws its base seed and its order from torch
+            x = x.to(device)
             model(x + torch.randn_like(x))
             np.random.rand()
             random.random()
     model.train()
 
 
-def _train(rank: int, world_size: int, isolation: str | None) -> dict[str, Any]:
+def _train(rank: int, world_size: int, isolation: str | None, device: torch.device) -> dict[str, Any]:
     seed_globals(0)  # the same on every rank, as in most DDP scripts
     data = torch.Generator().manual_seed(0)
     x = torch.randn(32, 4, generator=data)
@@ -126,7 +130,8 @@ def _train(rank: int, world_size: int, isolation: str | None) -> dict[str, Any]:
     sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=0)
     loader = DataLoader(dataset, batch_size=4, sampler=sampler)
     test_loader = DataLoader(TensorDataset(x[:8]), batch_size=4, shuffle=True)
-    model = DistributedDataParallel(nn.Sequential(nn.Linear(4, 16), nn.Dropout(0.5), nn.Linear(16, 1)))
+    layers = nn.Sequential(nn.Linear(4, 16), nn.Dropout(0.5), nn.Linear(16, 1)).to(device)
+    model = DistributedDataParallel(layers, device_ids=None if device.type == "cpu" else [device])
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
     isolate = ISOLATIONS[isolation]() if isolation is not None else None
     for epoch in range(2):
@@ -134,28 +139,38 @@ def _train(rank: int, world_size: int, isolation: str | None) -> dict[str, Any]:
         for xb, yb in loader:
             # Training draws from torch (dropout, the loader's base seed), NumPy and Python,
             # so an evaluation that moved any of them would change the weights.
-            noise = torch.from_numpy(np.random.normal(0.0, 0.1, size=tuple(xb.shape))).float()
+            xb, yb = xb.to(device), yb.to(device)
+            noise = torch.from_numpy(np.random.normal(0.0, 0.1, size=tuple(xb.shape))).float().to(device)
             loss = nn.functional.mse_loss(model((xb + noise) * random.uniform(0.9, 1.1)), yb)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             if isolate is not None and rank == 0:
                 with isolate:
-                    _evaluate(model.module, test_loader)
+                    _evaluate(model.module, test_loader, device)
     report = rd.check_rng_in_sync()
     return {
-        "weights": {k: v.detach().clone() for k, v in model.module.state_dict().items()},
+        "weights": {k: v.detach().cpu().clone() for k, v in model.module.state_dict().items()},
         "in_sync": bool(report),
         "differing": report.differing,
     }
 
 
-def ddp(rank: int, world_size: int, out: Path) -> dict[str, Any]:
+def ddp(rank: int, world_size: int, out: Path, device: torch.device = CPU) -> dict[str, Any]:
     """Train once without evaluation, then once per isolation with rank 0 evaluating every step."""
-    runs = {"baseline": _train(rank, world_size, None)}
+    runs = {"baseline": _train(rank, world_size, None, device)}
     for name in ISOLATIONS:
-        runs[name] = _train(rank, world_size, name)
+        runs[name] = _train(rank, world_size, name, device)
     return runs
+
+
+def ddp_cuda(rank: int, world_size: int, out: Path) -> dict[str, Any]:
+    """The DDP scenario on CUDA (gloo moves CUDA tensors too): the ranks share the GPUs there are."""
+    os.environ["CUBLAS_WORKSPACE_CONFIG"] = ":4096:8"  # deterministic matmuls, set before cuBLAS starts
+    index = rank % torch.cuda.device_count()
+    torch.cuda.set_device(index)
+    torch.cuda.init()
+    return ddp(rank, world_size, out, torch.device("cuda", index))
 
 
 # --- gather, broadcast, check in sync and checkpoints on two ranks -------------
@@ -304,6 +319,7 @@ def one_device_per_rank(rank: int, world_size: int, out: Path) -> dict[str, Any]
 
 SCENARIOS: dict[str, Callable[[int, int, Path], dict[str, Any]]] = {
     "ddp": ddp,
+    "ddp_cuda": ddp_cuda,
     "collectives": collectives,
     "one_device_per_rank": one_device_per_rank,
 }

@@ -334,3 +334,19 @@ def test_devices_are_compared_and_broadcast_by_role(tmp_path: Path) -> None:
         assert r["after_broadcast"] == {}
         assert r["other_kept"]
     assert r0["own_draws"] == r1["own_draws"]
+
+
+@pytest.mark.cuda
+@pytest.mark.slow
+def test_ddp_on_cuda_rank0_evaluation_in_isolation_leaves_training_unchanged(tmp_path: Path) -> None:
+    runs = run_ranks("ddp_cuda", 2, tmp_path)
+    for rank, by_isolation in enumerate(runs):
+        baseline = by_isolation["baseline"]["weights"]
+        for isolation in ISOLATIONS:
+            run = by_isolation[isolation]
+            if isolation == "none":  # the control: dropout and noise on CUDA, the loader on the CPU
+                assert not _same_weights(run["weights"], baseline), f"rank {rank}"
+                assert run["differing"] == {"python": (1,), "numpy": (1,), "torch": (1,), "cuda": (1,)}
+            else:
+                assert _same_weights(run["weights"], baseline), f"rank {rank}, {isolation}"
+                assert run["in_sync"], f"rank {rank}, {isolation}: {run['differing']}"
