@@ -21,6 +21,7 @@ Example::
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
@@ -251,7 +252,7 @@ def save_plot(runs: Sequence[Run], path: Path) -> None:
     """Write an 800x450 PNG: the three loss curves, and each run's difference from run 1."""
     figure_class = matplotlib_figure()
     if figure_class is None:
-        raise ImportError("plotting needs matplotlib: pip install 'rng_fork[demo]'")
+        raise ImportError(f"plotting needs matplotlib: {INSTALL_PLOTTING}")
     reference = runs[0].losses
     epochs = list(range(1, len(reference) + 1))
     # A bare Figure, not pyplot: no GUI backend, no global figure state.
@@ -311,14 +312,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plot", type=Path, metavar="PATH", help="write a PNG of the loss curves (needs matplotlib)")
 
 
+INSTALL_PLOTTING = "pip install matplotlib (or, in a checkout of rng_fork: pip install -e '.[demo]')"
+
+
+def _plot_problem(path: Path) -> str | None:
+    """Why ``--plot path`` cannot be written, found before training rather than after it."""
+    if matplotlib_figure() is None:
+        return f"--plot needs matplotlib, which is not installed; install it with: {INSTALL_PLOTTING}"
+    folder = path.parent
+    if not folder.is_dir():
+        return f"--plot {path}: the folder {folder} does not exist"
+    if path.is_dir():
+        return f"--plot {path}: that is a folder; give a file name such as {path / 'demo.png'}"
+    if not os.access(folder, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        return f"--plot {path}: not writable"
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
-    """Run the demo; 0 if run 3 reproduced run 1 bit for bit, 1 if not, 2 if --plot lacks matplotlib."""
-    if args.plot is not None and matplotlib_figure() is None:
-        # Said before training, not after it.
-        print(
-            "error: --plot needs matplotlib, which is not installed; install it with: pip install 'rng_fork[demo]'",
-            file=sys.stderr,
-        )
+    """Run the demo; 0 if run 3 reproduced run 1 bit for bit, 1 if not, 2 if --plot cannot be written."""
+    problem = None if args.plot is None else _plot_problem(args.plot)
+    if problem is not None:
+        print(f"error: {problem}", file=sys.stderr)
         return 2
     print(f"rng_fork demo: {args.epochs} epoch(s) per run, seed {args.seed}, {args.workers} DataLoader worker(s)")
     print(

@@ -15,7 +15,7 @@ def info() -> list[dict[str, Any]]:
 
     Example::
 
-        >>> [s["name"] for s in rng_fork.info()]
-        ['python', 'numpy', 'torch', 'cuda']
+        [s["name"] for s in rng_fork.info()]
+        # ['python', 'numpy', 'torch', 'cuda', 'xpu', 'mtia', 'mps']
     """
     return [source.describe() for source in registered_sources()]

@@ -142,9 +142,10 @@ class RngState:
 def get_rng_state(*, generators: Iterable[object] = ()) -> RngState:
     """Snapshot every default RNG source, plus the objects in ``generators``.
 
-    Default sources: Python's ``random``, NumPy's legacy global generator,
-    torch's CPU generator and, only while CUDA is initialized, every CUDA
-    device's. Capturing never initializes CUDA.
+    Default sources: every registered one (see :func:`rng_fork.info`): Python's
+    ``random``, NumPy's legacy global generator, torch's CPU generator and,
+    only while their runtime is initialized, every device of each accelerator
+    type (CUDA, XPU, MTIA, MPS, ...). Capturing never initializes a runtime.
 
     Example::
 

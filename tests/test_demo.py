@@ -112,8 +112,22 @@ def test_plot_without_matplotlib_fails_before_training(
     assert main([*SHORT, "--plot", str(tmp_path / "x.png")]) == 2
     out, err = capsys.readouterr()
     assert "error: --plot needs matplotlib, which is not installed" in err
-    assert "pip install 'rng_fork[demo]'" in err
+    assert "install it with: pip install matplotlib" in err
     assert out == "" and not (tmp_path / "x.png").exists()
+
+
+@pytest.mark.parametrize("where", ["missing folder", "a folder"])
+def test_a_plot_path_that_cannot_be_written_fails_before_training(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], where: str
+) -> None:
+    pytest.importorskip("matplotlib")
+    monkeypatch.setattr(demo, "train", lambda **kwargs: pytest.fail("trained although it could not plot"))
+    path = tmp_path / "nowhere" / "x.png" if where == "missing folder" else tmp_path
+    assert main([*SHORT, "--plot", str(path)]) == 2
+    out, err = capsys.readouterr()
+    expected = "does not exist" if where == "missing folder" else "that is a folder"
+    assert err.startswith(f"error: --plot {path}: ") and expected in err
+    assert out == ""
 
 
 class Terminal(io.StringIO):

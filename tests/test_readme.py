@@ -15,7 +15,10 @@ def test_readme_has_examples() -> None:
     assert len(BLOCKS) >= 5
 
 
-def test_readme_examples_run(capsys: pytest.CaptureFixture[str]) -> None:
+def test_readme_examples_run(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # the examples write checkpoints
     namespace: dict[str, object] = {"__name__": "readme"}
     for number, block in enumerate(BLOCKS, 1):
         try:

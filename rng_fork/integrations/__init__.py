@@ -5,5 +5,5 @@ Each submodule needs its framework installed and is imported on its own, so that
 
 - :mod:`rng_fork.integrations.lightning`: :class:`~rng_fork.integrations.lightning.IsolateRng`,
   a Lightning callback that keeps validation from changing training
-  (``pip install rng_fork[lightning]``).
+  (``pip install lightning``).
 """

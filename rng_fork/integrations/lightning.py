@@ -44,7 +44,7 @@ Mode = Literal["loop", "hooks"]
 # The two distributions ship the same code under two import names, each with its
 # own Callback and Trainer classes.
 _PACKAGES = ("lightning.pytorch", "pytorch_lightning")
-_INSTALL = "pip install lightning (or pip install 'rng_fork[lightning]'; pytorch_lightning works too)"
+_INSTALL = "pip install lightning (pytorch_lightning works too)"
 
 # Only whether one is installed: importing it here would cost seconds and could
 # import the package the user does not use.
