@@ -134,7 +134,7 @@ def gather_rng_state(group: ProcessGroup | None = None, *, generators: Iterable[
         states[1].names               # ('python', 'numpy', 'torch') on every rank
     """
     _membership(group)
-    return _all_gather(get_rng_state(generators=generators), group)
+    return [state for state, _ in _gather_own("gather_rng_state", group, generators)]
 
 
 def check_rng_in_sync(group: ProcessGroup | None = None, *, generators: Iterable[object] = ()) -> RngSyncReport:
@@ -154,7 +154,7 @@ def check_rng_in_sync(group: ProcessGroup | None = None, *, generators: Iterable
             print(report)   # RNG state differs from rank 0's ...: 'torch' on rank 1
     """
     _membership(group)
-    gathered = _all_gather((get_rng_state(generators=generators), current_devices()), group)
+    gathered = _gather_own("check_rng_in_sync", group, generators)
     views = [
         {shared: state.part(name) for name, shared in _shared_names(state, current).items()}
         for state, current in gathered
@@ -201,14 +201,20 @@ def broadcast_rng_state(
     if src not in members:
         raise ValueError(f"src={src} is not a rank of the group (its global ranks are {members})")
     is_src = dist.get_rank() == src
-    box: list[object] = [(get_rng_state(generators=generators), current_devices()) if is_src else None]
+    box: list[object] = [None]
+    if is_src:
+        own, failure = _attempt(lambda: _own_state(generators))
+        # A failure is sent instead of a state, so that no rank waits for one forever.
+        box[0] = own if failure is None else failure
     dist.broadcast_object_list(box, src=src, group=group)
+    sent = box[0]
+    if isinstance(sent, str):
+        raise ValueError(f"broadcast_rng_state changed nothing on any rank: rank {src}: {sent}")
 
     def prepare() -> Entries | None:
         # src already has the state; restoring it there would only repeat it.
         if is_src:
             return None
-        sent = box[0]
         if not (isinstance(sent, tuple) and len(sent) == 2 and isinstance(sent[0], RngState)):
             raise TypeError(f"rank {src} sent {type(sent).__name__}, not an RngState")
         state, theirs = sent
@@ -260,7 +266,8 @@ def rng_state_dict(group: ProcessGroup | None = None, *, generators: Iterable[ob
         if dist.get_rank() == 0:
             torch.save({"model": model.state_dict(), "rng": sd}, "ckpt.pt")
     """
-    states = gather_rng_state(group, generators=generators)
+    _membership(group)
+    states = [state for state, _ in _gather_own("rng_state_dict", group, generators)]
     return {"format": FORMAT, "version": VERSION, "world_size": len(states), "ranks": [s.state_dict() for s in states]}
 
 
@@ -345,25 +352,42 @@ def _membership(group: ProcessGroup | None) -> tuple[int, int]:
     return rank, dist.get_world_size(group)
 
 
+def _own_state(generators: Iterable[object]) -> tuple[RngState, dict[str, str]]:
+    """This rank's state and the part names of its current devices."""
+    return get_rng_state(generators=generators), current_devices()
+
+
+def _gather_own(
+    what: str, group: ProcessGroup | None, generators: Iterable[object]
+) -> list[tuple[RngState, dict[str, str]]]:
+    """Every rank's :func:`_own_state`; if any rank cannot take its own, every rank raises."""
+    own, failure = _attempt(lambda: _own_state(generators))
+    gathered = _all_gather((own, failure), group)
+    _raise_if_any([error for _, error in gathered], what, outcome="read no state")
+    return [state for state, _ in gathered if state is not None]
+
+
 def _all_gather(obj: T, group: ProcessGroup | None) -> list[T]:
     gathered: list[Any] = [None] * dist.get_world_size(group)
     dist.all_gather_object(gathered, obj, group=group)
     return gathered
 
 
-def _attempt(prepare: Callable[[], Entries | None]) -> tuple[Entries | None, str | None]:
-    """Run a rank's validation, turning any failure into a message for the other ranks."""
+def _attempt(prepare: Callable[[], T]) -> tuple[T | None, str | None]:
+    """Run a rank's own step, turning any failure into a message for the other ranks."""
     try:
         return prepare(), None
     except Exception as exc:  # noqa: BLE001 - a rank that raised here alone would leave the others hanging
         return None, f"{type(exc).__name__}: {exc}"
 
 
-def _raise_if_any(errors: Sequence[str | None], what: str, problems: Sequence[str] = ()) -> None:
+def _raise_if_any(
+    errors: Sequence[str | None], what: str, problems: Sequence[str] = (), *, outcome: str = "changed nothing"
+) -> None:
     """Raise the same ``ValueError`` on every rank if any rank failed or a shared check did."""
     failed = [*problems, *(f"rank {r}: {error}" for r, error in enumerate(errors) if error is not None)]
     if failed:
-        raise ValueError(f"{what} changed nothing on any rank: {'; '.join(failed)}")
+        raise ValueError(f"{what} {outcome} on any rank: {'; '.join(failed)}")
 
 
 def _restore_agreed(entries: Entries | None, group: ProcessGroup | None) -> None:

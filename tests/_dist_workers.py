@@ -283,6 +283,17 @@ def collectives(rank: int, world_size: int, out: Path) -> dict[str, Any]:
     if rank == 1:
         rng_fork.unregister_source("extra")
 
+    # One rank cannot read its own state (NumPy's global on PCG64, a bad generators= entry):
+    # every rank raises at once instead of waiting for it in the collective.
+    if rank == 0:
+        mt = np.random.get_bit_generator()
+        np.random.set_bit_generator(np.random.PCG64(0))
+    seen["unreadable_broadcast"] = error_of(lambda: rd.broadcast_rng_state(src=0))
+    seen["unreadable_gather"] = error_of(rd.gather_rng_state)
+    if rank == 0:
+        np.random.set_bit_generator(mt)
+    seen["bad_generators"] = error_of(lambda: rd.rng_state_dict(generators=["x"] if rank == 1 else ()))
+
     # Validation passes everywhere but restoring fails on rank 1: every rank hears of it.
     rng_fork.register_source(HolderSource("flaky", rank, fail_restore=rank == 1))
     seen["flaky_saved"] = parts(get_rng_state())

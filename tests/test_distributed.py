@@ -350,3 +350,19 @@ def test_ddp_on_cuda_rank0_evaluation_in_isolation_leaves_training_unchanged(tmp
             else:
                 assert _same_weights(run["weights"], baseline), f"rank {rank}, {isolation}"
                 assert run["in_sync"], f"rank {rank}, {isolation}: {run['differing']}"
+
+
+@pytest.mark.slow
+def test_a_rank_that_cannot_read_its_state_fails_every_rank(
+    collective_runs: tuple[list[dict[str, Any]], Path],
+) -> None:
+    for r in collective_runs[0]:
+        kind, message = r["unreadable_broadcast"]
+        assert kind == "ValueError"
+        assert message.startswith("broadcast_rng_state changed nothing on any rank: rank 0: TypeError: ")
+        assert "PCG64" in message
+        kind, message = r["unreadable_gather"]
+        assert kind == "ValueError" and message.startswith("gather_rng_state read no state on any rank: rank 0: ")
+        kind, message = r["bad_generators"]
+        assert kind == "ValueError"
+        assert message.startswith("rng_state_dict read no state on any rank: rank 1: TypeError")
