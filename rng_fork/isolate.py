@@ -156,15 +156,20 @@ class RngStream:
 
         if not isinstance(state_dict, dict) or not {"seed", "started", "state"} <= set(state_dict):
             raise ValueError("an RngStream state dict needs 'seed', 'started' and 'state' entries")
+        started = state_dict["started"]
+        if not isinstance(started, bool):
+            raise TypeError(f"an RngStream state dict's 'started' must be a bool, not {type(started).__name__}")
         if self._callers:
             raise RuntimeError("cannot load the state of an RngStream while it is active")
-        if not state_dict["started"]:
+        if not started:
             self._own = None
             return
         snapshot = RngState.from_state_dict(state_dict["state"])
-        # Only what the stream covers: other devices' parts must not reach the caller's generators.
+        # Only what the stream covers: other devices' parts (a checkpoint from a
+        # bigger machine) are left out before validation, and never reach the caller's generators.
         covered = {source.name for source in live_sources(self.devices, self._extra)}
-        entries = [(s, part) for s, part in resolve_targets(snapshot, self._extra, strict=False) if s.name in covered]
+        snapshot = snapshot._renamed({name: name for name in snapshot.names if name in covered})
+        entries = resolve_targets(snapshot, self._extra, strict=False)
         # Saved the way the stream saves itself: put in, taken, and the caller's states put back.
         caller = take(self.devices, self._swap, guard=False)
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import warnings
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -184,7 +185,61 @@ def test_bad_generators_are_type_errors_naming_the_type(bad: object) -> None:
 
 def test_generators_must_be_iterable() -> None:
     with pytest.raises(TypeError, match="iterable"):
-        fork_rng(generators=torch.Generator())  # type: ignore[arg-type]
+        fork_rng(generators=3)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "single",
+    [
+        lambda: torch.Generator(),
+        lambda: random.Random(0),
+        lambda: np.random.default_rng(0),
+        lambda: torch.utils.data.RandomSampler(range(10)),
+        lambda: torch.utils.data.DataLoader(range(10), shuffle=True),
+    ],
+)
+def test_one_object_instead_of_a_list_is_refused_before_drawing(single: Callable[[], object]) -> None:
+    obj = single()
+    before = rng_fork.get_rng_state()
+    with pytest.raises(TypeError, match=rf"not one {type(obj).__qualname__}: pass generators=\[\.\.\.\]"):
+        fork_rng(generators=obj)  # type: ignore[arg-type]
+    assert rng_fork.get_rng_state() == before  # iterating a sampler or a loader would have drawn
+
+
+class _Lcg(random.Random):
+    """A generator of its own devising, as the random module's docs describe."""
+
+    def __init__(self, x: int = 0) -> None:
+        self.x = x
+        super().__init__(x)
+
+    def seed(self, a: object = None, version: int = 2) -> None:
+        self.x = hash(a) % 2**31
+
+    def random(self) -> float:
+        self.x = (self.x * 1103515245 + 12345) % 2**31
+        return self.x / 2**31
+
+    def getstate(self) -> int:  # type: ignore[override]
+        return self.x
+
+    def setstate(self, state: int) -> None:  # type: ignore[override]
+        self.x = state
+
+
+def test_a_random_subclass_with_its_own_state_is_forked_and_snapshotted() -> None:
+    rng = _Lcg(5)
+    with fork_rng(generators=[rng]):
+        rng.random()
+    assert rng.x == 5
+    state = rng_fork.get_rng_state(generators=[rng])
+    expected = [rng.random() for _ in range(3)]
+    rng_fork.set_rng_state(state, generators=[rng])
+    assert [rng.random() for _ in range(3)] == expected
+    assert state.state_dict()["generator:0"] == {"type": "random.Random.getstate", "value": 5}
+    with fork_rng(seed=3, generators=[rng]):
+        assert rng.x == hash(3) % 2**31
+    assert rng.x != hash(3) % 2**31
 
 
 @pytest.mark.parametrize(

@@ -495,6 +495,24 @@ def test_stream_load_validates_before_changing() -> None:
     assert got == torch.rand(1, generator=g).item()
 
 
+def test_stream_checkpoint_from_a_machine_with_more_devices_loads() -> None:
+    # A stream saved where CUDA was up (or with more GPUs) loads where those devices are absent.
+    stream = RngStream(seed=1)
+    with stream:
+        torch.rand(1)
+    sd = stream.state_dict()
+    sd["state"]["cuda:7"] = {"type": "torch.Generator", "device": "cuda", "state": torch.zeros(16, dtype=torch.uint8)}
+    restored = RngStream(seed=1, devices=[])
+    restored.load_state_dict(sd)
+    with stream:
+        expected = draw_all()
+    with restored:
+        assert draw_all() == expected
+    sd["started"] = "no"
+    with pytest.raises(TypeError, match="'started' must be a bool, not str"):
+        restored.load_state_dict(sd)
+
+
 def test_stream_bad_arguments() -> None:
     with pytest.raises(TypeError):
         RngStream(seed="1")  # type: ignore[arg-type]

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from . import _fastpath
-from .base import Codec, Part, Plain, RngSource, Savers
+from .base import Codec, Part, Plain, PlainCodec, RngSource, Savers
 
 _MT_WORDS = 624
 _MT_BYTES = _MT_WORDS * 4
@@ -149,6 +149,36 @@ class PythonRandomSource(_ObjectSource[random.Random]):
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "fast_path": _fastpath.fast_path_info()["python"]}
+
+
+class RandomSubclassSource(_ObjectSource[random.Random]):
+    """A ``random.Random`` subclass with its own ``getstate``/``setstate``: a generator
+    "of your own devising" (as the random module's docs put it), or one that keeps
+    more than the Mersenne Twister. Saved and restored through those methods.
+
+    Example::
+
+        class Lcg(random.Random):
+            def random(self): ...
+            def getstate(self): return self.x
+            def setstate(self, x): self.x = x
+
+        with fork_rng(generators=[Lcg()]): ...
+    """
+
+    codec = PlainCodec("random.Random.getstate")
+
+    def capture(self) -> Part:
+        return self.codec.check(self.obj.getstate())
+
+    def restore(self, part: Part) -> None:
+        self.obj.setstate(part)  # type: ignore[arg-type]  # what its own getstate returned
+
+    def savers(self) -> Savers:
+        return self.obj.getstate, self.obj.setstate
+
+    def seed(self, seed: int) -> None:
+        self.obj.seed(seed)
 
 
 # --- NumPy's legacy RandomState ----------------------------------------------
@@ -481,12 +511,30 @@ def _generator_objects(obj: object) -> list[object]:
     )
 
 
+_SINGLE = (
+    torch.utils.data.DataLoader,
+    torch.utils.data.Sampler,
+    torch.utils.data.Dataset,
+    torch.Generator,
+    np.random.Generator,
+    np.random.RandomState,
+    np.random.BitGenerator,
+    random.Random,
+)
+
+
 def generator_sources(generators: object) -> tuple[RngSource, ...]:
     """Sources for the objects of ``generators=``, named ``generator:0``, ``generator:1``, ...
 
     Each distinct generator gets one source, in order of first appearance, so
     the same list always yields the same names.
     """
+    if isinstance(generators, _SINGLE):
+        # Checked before iterating: a loader or a sampler would draw from the very generators to protect.
+        raise TypeError(
+            f"generators= takes a list of objects, not one {type(generators).__qualname__}: "
+            "pass generators=[...] around it"
+        )
     if isinstance(generators, (str, bytes)) or not hasattr(generators, "__iter__"):
         raise TypeError(f"generators= must be an iterable of generators, not {type(generators).__name__}")
     seen: dict[int, object] = {}
@@ -498,6 +546,9 @@ def generator_sources(generators: object) -> tuple[RngSource, ...]:
 
 def _source_for(name: str, obj: object) -> RngSource:
     if isinstance(obj, random.Random):
+        kind = type(obj)
+        if kind.getstate is not random.Random.getstate or kind.setstate is not random.Random.setstate:
+            return RandomSubclassSource(name, obj)
         return PythonRandomSource(name, obj)
     if isinstance(obj, np.random.RandomState):
         if not isinstance(obj._bit_generator, np.random.MT19937):

@@ -21,6 +21,7 @@ from .objects import (
     BitGeneratorCodec,
     PythonRandomSource,
     RandomStateSource,
+    RandomSubclassSource,
     TorchGeneratorSource,
 )
 
@@ -48,6 +49,7 @@ def _refresh() -> None:
 
 _codecs: dict[str, Codec] = {codec.tag: codec for codec in (
     PythonRandomSource.codec,
+    RandomSubclassSource.codec,
     RandomStateSource.codec,
     BitGeneratorCodec(),
     TorchGeneratorSource.codec,
