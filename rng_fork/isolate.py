@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import inspect
 import threading
+import types
 from collections.abc import AsyncGenerator, Callable, Generator, Iterable
 from types import TracebackType
 from typing import Any, Protocol, TypeVar, cast, overload
@@ -215,7 +216,10 @@ def isolated(
     functions, coroutine functions and async generator functions stay what they
     are; each generator or coroutine runs on a private stream that starts from
     the caller's state at its first step (or from ``seed``) and is swapped in at
-    every resumption and out at every suspension.
+    every resumption and out at every suspension. So is a generator, coroutine
+    or async generator that any other callable returns (an object with an
+    ``async def __call__``, a plain decorator around an ``async def``). A
+    function that returns a context manager is isolated only while it is called.
 
     Example::
 
@@ -271,28 +275,7 @@ def _wrapper(fn: Any, for_call: Callable[[], Context], for_steps: Callable[[], C
         raise TypeError(f"can only isolate a callable, not {type(fn).__name__}")
 
     if inspect.isasyncgenfunction(fn):
-
-        @functools.wraps(fn)
-        async def async_gen_wrapper(*args: Any, **kwargs: Any) -> AsyncGenerator[Any, Any]:
-            stream = for_steps()
-            agen = fn(*args, **kwargs)
-            step = agen.asend(None)
-            while True:
-                try:
-                    value = await _Stepped(step, stream)
-                except StopAsyncIteration:
-                    return
-                try:
-                    sent = yield value
-                except GeneratorExit:
-                    await _Stepped(agen.aclose(), stream)
-                    raise
-                except BaseException as exc:  # noqa: BLE001 - passed into the generator, as athrow does
-                    step = agen.athrow(exc)
-                else:
-                    step = agen.asend(sent)
-
-        return async_gen_wrapper
+        return functools.wraps(fn)(_stepped_async_gen_function(fn, for_steps))
 
     if inspect.iscoroutinefunction(fn):
 
@@ -313,9 +296,57 @@ def _wrapper(fn: Any, for_call: Callable[[], Context], for_steps: Callable[[], C
     @functools.wraps(fn)
     def call_wrapper(*args: Any, **kwargs: Any) -> Any:
         with for_call():
-            return fn(*args, **kwargs)
+            result = fn(*args, **kwargs)
+        # A callable that hands back a generator or coroutine without being a
+        # generator or coroutine function (an async __call__, a plain decorator
+        # around an async def): its body runs later, so it is stepped as one.
+        stepped_later = _STEPPED_LATER.get(type(result))
+        return result if stepped_later is None else stepped_later(result, for_steps)
 
     return call_wrapper
+
+
+def _stepped_async_gen_function(
+    start: Callable[..., AsyncGenerator[Any, Any]], for_steps: Callable[[], Context]
+) -> Callable[..., AsyncGenerator[Any, Any]]:
+    """An async generator function that runs each step of ``start(...)`` inside its own ``for_steps()``."""
+
+    async def stepped(*args: Any, **kwargs: Any) -> AsyncGenerator[Any, Any]:
+        stream = for_steps()
+        agen = start(*args, **kwargs)
+        step = agen.asend(None)
+        while True:
+            try:
+                value = await _Stepped(step, stream)
+            except StopAsyncIteration:
+                return
+            try:
+                sent = yield value
+            except GeneratorExit:
+                await _Stepped(agen.aclose(), stream)
+                raise
+            except BaseException as exc:  # noqa: BLE001 - passed into the generator, as athrow does
+                step = agen.athrow(exc)
+            else:
+                step = agen.asend(sent)
+
+    return stepped
+
+
+async def _await_stepped(coroutine: Any, for_steps: Callable[[], Context]) -> Any:
+    return await _Stepped(coroutine, for_steps())
+
+
+def _identity(value: T) -> T:
+    return value
+
+
+_STEPPED_LATER: dict[type, Callable[[Any, Callable[[], Context]], Any]] = {
+    types.GeneratorType: lambda generator, for_steps: _steps(generator, for_steps()),
+    types.CoroutineType: _await_stepped,
+    types.AsyncGeneratorType: lambda agen, for_steps: _stepped_async_gen_function(_identity, for_steps)(agen),
+}
+"""How a call's result that runs after the call is stepped, by its type."""
 
 
 def _steps(inner: _Steppable, context: Context) -> Generator[Any, Any, Any]:

@@ -9,6 +9,7 @@ import io
 import random
 import warnings
 from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -409,6 +410,89 @@ def test_async_generator_athrow() -> None:
     before = rng_fork.get_rng_state()
     assert asyncio.run(main()) == ["value", "caught"]
     assert rng_fork.get_rng_state() == before
+
+
+class _AsyncCall:
+    async def __call__(self, n: int) -> list[float]:
+        out = []
+        for _ in range(n):
+            out.append(torch.rand(1).item())
+            await asyncio.sleep(0)
+        return out
+
+
+class _GeneratorCall:
+    def __call__(self, n: int) -> Iterator[float]:
+        for _ in range(n):
+            yield torch.rand(1).item()
+
+
+def _plain_decorator(fn: Callable[..., object]) -> Callable[..., object]:
+    @functools.wraps(fn)
+    def wrapper(*args: object) -> object:
+        return fn(*args)
+
+    return wrapper
+
+
+@_plain_decorator
+async def _decorated_coroutine(n: int) -> list[float]:
+    return await _AsyncCall()(n)
+
+
+async def _async_gen(n: int) -> AsyncIterator[float]:
+    for _ in range(n):
+        await asyncio.sleep(0)
+        yield torch.rand(1).item()
+
+
+def _returns_async_gen(n: int) -> AsyncIterator[float]:
+    return _async_gen(n)
+
+
+@pytest.mark.parametrize("kind", ["async __call__", "generator __call__", "plain decorator", "returns async gen"])
+def test_callables_that_return_generators_or_coroutines_are_stepped(kind: str) -> None:
+    # Their bodies run after the call returns; each step must still run in the isolation.
+    fn: Any = {
+        "async __call__": _AsyncCall(),
+        "generator __call__": _GeneratorCall(),
+        "plain decorator": _decorated_coroutine,
+        "returns async gen": _returns_async_gen,
+    }[kind]
+    wrapped: Any = isolated(seed=2)(fn)
+
+    async def interleaved() -> list[float]:
+        if kind == "returns async gen":
+            out = []
+            async for value in wrapped(3):
+                torch.rand(7)
+                out.append(value)
+            return out
+        task = asyncio.ensure_future(wrapped(3))
+        while not task.done():
+            torch.rand(7)
+            await asyncio.sleep(0)
+        return list(task.result())
+
+    def run() -> tuple[list[float], object]:
+        seed_globals(1)
+        if kind == "generator __call__":
+            out = []
+            for value in wrapped(3):
+                torch.rand(7)
+                out.append(value)
+        else:
+            out = asyncio.run(interleaved())
+        return out, draw_all()
+
+    got, after = run()
+    assert got == torch.rand(3, generator=torch.Generator().manual_seed(2)).tolist()
+    # The caller drew rand(7) between the steps; without isolation those would have moved.
+    draws_between = {"async __call__": 4, "plain decorator": 4}.get(kind, 3)
+    seed_globals(1)
+    for _ in range(draws_between):
+        torch.rand(7)
+    assert after == draw_all()
 
 
 # --- RngStream ---------------------------------------------------------------------
