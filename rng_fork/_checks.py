@@ -9,22 +9,27 @@ from __future__ import annotations
 import operator
 from collections.abc import Iterable
 
+import numpy as np
 import torch
 
 SEED_LIMIT = 2**32
 """Seeds must be below this: NumPy's legacy generator accepts nothing larger."""
 
 
-
 def check_seed(seed: object, *, allow_none: bool = True) -> int | None:
     """Return ``seed`` if it is an int in ``[0, 2**32)`` (or None where allowed)."""
     if seed is None and allow_none:
         return None
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"seed must be an int in [0, 2**32), not {type(seed).__name__}")
-    if not 0 <= seed < SEED_LIMIT:
-        raise ValueError(f"seed must be in [0, 2**32), got {seed}")
-    return int(seed)
+    # Any integer type (NumPy's included, as seeds often come from arrays or configs), but not bool.
+    try:
+        if isinstance(seed, (bool, np.bool_)):
+            raise TypeError
+        value = operator.index(seed)  # type: ignore[arg-type]
+    except TypeError:
+        raise TypeError(f"seed must be an int in [0, 2**32), not {type(seed).__name__}") from None
+    if not 0 <= value < SEED_LIMIT:
+        raise ValueError(f"seed must be in [0, 2**32), got {value}")
+    return value
 
 
 def check_devices(devices: Iterable[object] | None) -> tuple[int, ...] | None:

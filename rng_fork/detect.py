@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 from ._swap import ThreadStack
 from .errors import RngTouchedError
-from .sources import generator_sources
+from .sources import generator_objects, generator_sources
 from .state import RngState
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -49,8 +49,10 @@ class assert_untouched:  # noqa: N801 - used like a function, as contextlib's he
     """
 
     def __init__(self, *, generators: Iterable[object] = ()) -> None:
-        self._generators = list(generators)
-        generator_sources(self._generators)  # bad objects fail here, not at exit
+        # Checked here, not at exit; kept as the generator objects themselves, so a
+        # loader is not iterated again (nor a one-shot iterable exhausted) at every entry.
+        self._generators = generator_objects(generators)
+        generator_sources(self._generators)
         self._open: ThreadStack[RngState] = ThreadStack()
 
     def __enter__(self) -> assert_untouched:
@@ -74,6 +76,12 @@ class assert_untouched:  # noqa: N801 - used like a function, as contextlib's he
 
     def __call__(self, fn: F) -> F:
         """Use as a decorator: each call must leave every source untouched."""
+        if inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn):
+            # Their bodies run after the call returns, step by step, interleaved with the caller's draws.
+            raise TypeError(
+                f"assert_untouched cannot decorate the generator function {fn.__qualname__}: its body runs "
+                "after the call; check the code that consumes it with 'with assert_untouched():'"
+            )
         if inspect.iscoroutinefunction(fn):
 
             @functools.wraps(fn)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import numpy as np
 import pytest
@@ -100,6 +100,32 @@ def test_as_decorator_sync_and_async() -> None:
         leaky()
     with pytest.raises(RngTouchedError, match="numpy"):
         asyncio.run(async_leaky())
+
+
+def test_generator_functions_are_refused_as_decorated() -> None:
+    def gen() -> Iterator[float]:
+        yield torch.rand(1).item()
+
+    async def agen() -> AsyncIterator[float]:
+        yield torch.rand(1).item()
+
+    for fn in (gen, agen):
+        with pytest.raises(TypeError, match=f"cannot decorate the generator function .*{fn.__name__}"):
+            assert_untouched()(fn)
+
+
+def test_a_lone_loader_is_refused_before_it_is_iterated() -> None:
+    loader = torch.utils.data.DataLoader(range(8), shuffle=True)
+    before = get_rng_state()
+    with pytest.raises(TypeError, match="not one DataLoader"):
+        assert_untouched(generators=loader)  # type: ignore[arg-type]
+    assert get_rng_state() == before
+    g = torch.Generator()
+    check = assert_untouched(generators=(x for x in [g]))  # a one-shot iterable, used at every entry
+    for _ in range(2):
+        with pytest.raises(RngTouchedError, match="generator:0"):
+            with check:
+                torch.rand(1, generator=g)
 
 
 def test_diff() -> None:

@@ -154,7 +154,7 @@ def test_enabled_false_is_a_plain_block() -> None:
     assert draw_all() == second
 
 
-@pytest.mark.parametrize("seed", [True, 1.0, "1", np.int64(1)])
+@pytest.mark.parametrize("seed", [True, np.bool_(True), 1.0, np.float64(1.0), "1"])
 def test_non_int_seed_is_type_error(seed: object) -> None:
     before = rng_fork.get_rng_state()
     with pytest.raises(TypeError, match="seed"):
@@ -166,6 +166,14 @@ def test_non_int_seed_is_type_error(seed: object) -> None:
 def test_out_of_range_seed_is_value_error(seed: int) -> None:
     with pytest.raises(ValueError, match=r"\[0, 2\*\*32\)"):
         fork_rng(seed=seed)
+
+
+@pytest.mark.parametrize("seed", [np.int64(7), np.uint32(7)])
+def test_numpy_integer_seeds_are_ints(seed: object) -> None:
+    with fork_rng(seed=7):
+        expected = draw_all()
+    with fork_rng(seed=seed):  # type: ignore[arg-type]
+        assert draw_all() == expected
 
 
 def test_bounds_of_seed_are_accepted() -> None:

@@ -175,6 +175,15 @@ def test_corrupt_torch_content_is_caught_before_anything_changes() -> None:
         assert get_rng_state().state_dict()["torch"]["state"].equal(sd["torch"]["state"])
 
 
+def test_a_cpu_state_torch_refuses_is_a_value_error_naming_the_source() -> None:
+    sd = get_rng_state().state_dict()
+    sd["torch"]["state"] = torch.zeros_like(sd["torch"]["state"])  # torch: "Invalid mt19937 state"
+    before = get_rng_state()
+    with pytest.raises(ValueError, match="RNG source 'torch': torch refuses this CPU generator state"):
+        set_rng_state(sd)
+    assert get_rng_state() == before
+
+
 def test_strict_false_restores_what_is_there() -> None:
     expected = draw_all()
     seed_globals(1234)

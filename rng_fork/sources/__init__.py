@@ -7,6 +7,7 @@ from .objects import (
     PythonRandomSource,
     RandomStateSource,
     TorchGeneratorSource,
+    generator_objects,
     generator_sources,
 )
 from .registry import codec_for, current_devices, register_source, registered_sources, source_family, unregister_source
@@ -27,6 +28,7 @@ __all__ = [
     "codec_for",
     "current_devices",
     "device_source",
+    "generator_objects",
     "generator_sources",
     "register_source",
     "registered_sources",

@@ -436,7 +436,10 @@ class TorchGeneratorCodec(Codec):
             if size != expected:
                 raise ValueError(f"a CPU generator state must be {expected} bytes, got {size}")
             # torch checks the content too; a scratch generator finds out without harm.
-            torch.Generator().set_state(tensor)
+            try:
+                torch.Generator().set_state(tensor)
+            except RuntimeError as exc:
+                raise ValueError(f"torch refuses this CPU generator state: {exc}") from None
         elif device_type == "cuda":
             if size not in _CUDA_STATE_SIZES:
                 raise ValueError(f"a CUDA generator state must be 16 bytes, got {size}")
@@ -523,11 +526,11 @@ _SINGLE = (
 )
 
 
-def generator_sources(generators: object) -> tuple[RngSource, ...]:
-    """Sources for the objects of ``generators=``, named ``generator:0``, ``generator:1``, ...
+def generator_objects(generators: object) -> list[object]:
+    """The distinct generator objects behind ``generators=``, in order of first appearance.
 
-    Each distinct generator gets one source, in order of first appearance, so
-    the same list always yields the same names.
+    Raises ``TypeError`` for anything that is not a list (or other iterable) of
+    supported objects; a lone loader or sampler is refused before it is iterated.
     """
     if isinstance(generators, _SINGLE):
         # Checked before iterating: a loader or a sampler would draw from the very generators to protect.
@@ -541,7 +544,16 @@ def generator_sources(generators: object) -> tuple[RngSource, ...]:
     for entry in generators:
         for obj in _generator_objects(entry):
             seen.setdefault(id(obj), obj)
-    return tuple(_source_for(f"{GENERATOR_PREFIX}:{i}", obj) for i, obj in enumerate(seen.values()))
+    return list(seen.values())
+
+
+def generator_sources(generators: object) -> tuple[RngSource, ...]:
+    """Sources for the objects of ``generators=``, named ``generator:0``, ``generator:1``, ...
+
+    Each distinct generator gets one source, in order of first appearance, so
+    the same list always yields the same names.
+    """
+    return tuple(_source_for(f"{GENERATOR_PREFIX}:{i}", obj) for i, obj in enumerate(generator_objects(generators)))
 
 
 def _source_for(name: str, obj: object) -> RngSource:
