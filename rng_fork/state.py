@@ -230,7 +230,8 @@ def seed_all(seed: int) -> None:
     """Seed every registered source (Python, NumPy, torch, every device of every type) from ``seed``.
 
     ``seed`` must be an int in ``[0, 2**32)``. CUDA, XPU and MTIA are seeded
-    lazily if they are not initialized, as ``torch.manual_seed`` does.
+    lazily if they are not initialized, as ``torch.manual_seed`` does. If a
+    source cannot be seeded, the others still are, and a ``RuntimeError`` names it.
 
     Example::
 
@@ -238,8 +239,14 @@ def seed_all(seed: int) -> None:
     """
     checked = check_seed(seed, allow_none=False)
     assert checked is not None
+    failed: list[str] = []
     for source in registered_sources():
-        source.seed(checked)
+        try:
+            source.seed(checked)
+        except Exception as exc:  # noqa: BLE001 - the others are still seeded; all failures are named below
+            failed.append(f"{source.name}: {type(exc).__name__}: {exc}")
+    if failed:
+        raise RuntimeError(f"seed_all seeded every other source but not {'; '.join(failed)}")
 
 
 __all__ = ["RngState", "get_rng_state", "seed_all", "set_rng_state"]

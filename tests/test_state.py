@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import rng_fork
-from rng_fork import RngState, get_rng_state, set_rng_state
+from rng_fork import PlainCodec, RngSource, RngState, get_rng_state, set_rng_state
 
 from .conftest import draw_all, seed_globals
 
@@ -220,6 +220,31 @@ def test_seed_all_matches_manual_seeding_and_validates() -> None:
         rng_fork.seed_all(None)  # type: ignore[arg-type]
     with pytest.raises(ValueError):
         rng_fork.seed_all(2**32)
+
+
+def test_seed_all_seeds_the_others_and_names_a_source_that_fails() -> None:
+    class Unseedable(RngSource):
+        name = "unseedable"
+        codec = PlainCodec("test-unseedable")
+
+        def capture(self) -> int:
+            return 0
+
+        def restore(self, part: Any) -> None:
+            pass
+
+        def seed(self, seed: int) -> None:
+            raise OSError("no entropy today")
+
+    rng_fork.register_source(Unseedable())
+    try:
+        with pytest.raises(RuntimeError, match="but not unseedable: OSError: no entropy today"):
+            rng_fork.seed_all(21)
+    finally:
+        rng_fork.unregister_source("unseedable")
+    got = draw_all()
+    seed_globals(21)
+    assert got == draw_all()
 
 
 def test_capture_never_initializes_cuda() -> None:
