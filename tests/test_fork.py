@@ -214,6 +214,23 @@ def test_one_object_instead_of_a_list_is_refused_before_drawing(single: Callable
     assert rng_fork.get_rng_state() == before  # iterating a sampler or a loader would have drawn
 
 
+def test_numpy_generator_spawns_are_forked_and_snapshotted() -> None:
+    # Generator.spawn moves only the SeedSequence's child counter, not the bit generator's state.
+    rng = np.random.default_rng(0)
+    expected = rng.spawn(1)[0].random()
+    rng = np.random.default_rng(0)
+    with fork_rng(generators=[rng]):
+        rng.spawn(2)
+    assert rng.spawn(1)[0].random() == expected
+    state = rng_fork.get_rng_state(generators=[rng])
+    after = rng.spawn(1)[0].random()
+    rng_fork.set_rng_state(rng_fork.RngState.from_state_dict(state.state_dict()), generators=[rng])
+    assert rng.spawn(1)[0].random() == after
+    with fork_rng(seed=3, generators=[rng]):
+        child = rng.spawn(1)[0].random()
+    assert child == np.random.default_rng(3).spawn(1)[0].random()
+
+
 class _Lcg(random.Random):
     """A generator of its own devising, as the random module's docs describe."""
 

@@ -8,6 +8,7 @@ a user's own generator and the global one are saved by one piece of code.
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 import struct
@@ -318,14 +319,49 @@ def _bit_generator_class(state: Any) -> type[np.random.BitGenerator]:
     return cls
 
 
+SPAWNED = "rng_fork.children_spawned"
+"""The key a part adds to NumPy's state dict: how many children its SeedSequence has spawned."""
+
+
+@functools.cache
+def _spawn_count_settable() -> bool:
+    """Whether a bit generator's SeedSequence can be replaced (``__setstate__((state, seed_seq))``, NumPy 1.25+)."""
+    probe = np.random.PCG64(0)
+    try:
+        _load_with_seed_seq(probe, probe.state, np.random.SeedSequence(0, n_children_spawned=1))
+    except (TypeError, ValueError, KeyError):
+        return False
+    return bool(getattr(probe.seed_seq, "n_children_spawned", None) == 1)
+
+
+def _load_with_seed_seq(bit_generator: np.random.BitGenerator, state: Mapping[str, Any], seed_seq: object) -> None:
+    # The only way NumPy offers to replace a bit generator's SeedSequence: its unpickling.
+    cast(Any, bit_generator).__setstate__((state, seed_seq))
+
+
+def _children_spawned(bit_generator: np.random.BitGenerator) -> int | None:
+    seed_seq = bit_generator.seed_seq if _spawn_count_settable() else None
+    return seed_seq.n_children_spawned if isinstance(seed_seq, np.random.SeedSequence) else None
+
+
+def _split_spawned(part: Part) -> tuple[dict[str, Any], int | None]:
+    """NumPy's state dict and the spawn count of a part."""
+    state = _thaw(part)
+    spawned = state.pop(SPAWNED, None) if isinstance(state, dict) else None
+    if spawned is not None and (isinstance(spawned, bool) or not isinstance(spawned, int) or spawned < 0):
+        raise ValueError(f"{SPAWNED} must be an int >= 0, got {spawned!r}")
+    return state, spawned
+
+
 class BitGeneratorCodec(Codec):
-    """Parts of a NumPy ``BitGenerator``: its ``state`` dict, frozen into tuples."""
+    """Parts of a NumPy ``BitGenerator``: its ``state`` dict, frozen into tuples, plus
+    how many children its ``SeedSequence`` spawned (``Generator.spawn`` moves that alone)."""
 
     tag = "numpy.random.BitGenerator"
 
     def check(self, part: object) -> Part:
         try:
-            state = _thaw(part)
+            state, _ = _split_spawned(part)
             # A scratch instance of the same class validates the state exactly,
             # with NumPy's own rules, without touching the user's generator.
             _bit_generator_class(state)().state = state
@@ -358,17 +394,34 @@ class BitGeneratorSource(_ObjectSource[np.random.BitGenerator]):
     codec = BitGeneratorCodec()
 
     def capture(self) -> Part:
-        return _freeze(self.obj.state)
+        state = self.obj.state
+        spawned = _children_spawned(self.obj)
+        return _freeze(state if spawned is None else {**state, SPAWNED: spawned})
 
     def restore(self, part: Part) -> None:
-        self.obj.state = _thaw(part)
+        state, spawned = _split_spawned(part)
+        seed_seq = self.obj.seed_seq if spawned is not None else None
+        if spawned is None or not isinstance(seed_seq, np.random.SeedSequence) or (
+            seed_seq.n_children_spawned == spawned
+        ):
+            self.obj.state = state
+            return
+        # The count is read-only: the SeedSequence is replaced by one that differs in it alone.
+        rewound = np.random.SeedSequence(
+            seed_seq.entropy, spawn_key=seed_seq.spawn_key, pool_size=seed_seq.pool_size, n_children_spawned=spawned
+        )
+        _load_with_seed_seq(self.obj, state, rewound)
 
     def seed(self, seed: int) -> None:
-        self.obj.state = type(self.obj)(seed).state
+        fresh = type(self.obj)(seed)
+        if _spawn_count_settable():
+            _load_with_seed_seq(self.obj, fresh.state, fresh.seed_seq)  # later children follow the seed
+        else:
+            self.obj.state = fresh.state
 
     def check_target(self, part: Part) -> None:
         wanted = type(self.obj).__name__
-        got = _thaw(part).get("bit_generator")
+        got = _split_spawned(part)[0].get("bit_generator")
         if got != wanted:
             raise ValueError(f"a {got} state cannot go into a {wanted}")
 
