@@ -252,15 +252,21 @@ _open_forks: dict[int, int] = {}
 _warned_threads = False
 
 
-def _warn_threads() -> None:
+def warn_threads(frames_to_user: int) -> None:
+    """Warn, once per process, that a block opened while another thread has one open.
+
+    ``frames_to_user``: how many frames the caller of this is below the user's code.
+    """
     global _warned_threads
+    if _warned_threads:
+        return
     _warned_threads = True
     warnings.warn(
         "rng_fork: a fork was entered while another thread has one open. The generators are "
         "process-wide, so each thread's block sees the other's draws and the first to exit undoes "
         "them; give each thread its own generator objects (generators=) instead.",
         RngForkWarning,
-        stacklevel=4,
+        stacklevel=frames_to_user + 2,
     )
 
 
@@ -276,7 +282,8 @@ def enter(devices: Sequence[int] | None, extra: SourceSet, seed: int | None) -> 
     me = get_ident()
     depth = _open_forks.get(me, 0)
     if len(_open_forks) > (depth > 0) and not _warned_threads:
-        _warn_threads()  # first: a warning turned into an error must find nothing changed
+        # First: a warning turned into an error must find nothing changed. Two frames: fork_rng.__enter__, user.
+        warn_threads(2)
     capture = take(devices, extra)
     if seed is not None:
         try:

@@ -17,7 +17,7 @@ from types import TracebackType
 from typing import Any, Protocol, TypeVar, cast, overload
 
 from ._checks import check_devices, check_seed
-from ._swap import Capture, SourceSet, enter, leave, live_sources, restore_all, take
+from ._swap import Capture, SourceSet, enter, leave, live_sources, restore_all, take, warn_threads
 from .sources import RngSource, generator_sources
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -87,6 +87,8 @@ class RngStream:
     def __enter__(self) -> RngStream:
         with self._lock:
             if self._callers:
+                if self._callers[-1].owner != threading.get_ident():
+                    warn_threads(1)  # both threads now draw from one stream, in no set order
                 self._callers.append(self._callers[-1])  # already active: keep drawing from it
                 return self
             caller = enter(self.devices, self._swap, self.seed if self._own is None else None)

@@ -622,6 +622,32 @@ def test_forks_in_two_threads_warn_once(monkeypatch: pytest.MonkeyPatch) -> None
     assert "thread" in str(relevant[0].message)
 
 
+def test_a_stream_open_in_another_thread_warns(monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    from rng_fork import _swap
+
+    monkeypatch.setattr(_swap, "_warned_threads", False)
+    stream = RngStream(seed=0)
+    inside, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with stream:
+            inside.set()
+            release.wait(10)
+
+    worker = threading.Thread(target=hold)
+    worker.start()
+    try:
+        inside.wait(10)
+        with pytest.warns(rng_fork.RngForkWarning, match="another thread") as caught, stream:
+            pass
+        assert caught[0].filename == __file__
+    finally:
+        release.set()
+        worker.join()
+
+
 def test_no_warning_for_one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
     from rng_fork import _swap
 
