@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import random
 import warnings
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -214,6 +216,15 @@ def test_one_object_instead_of_a_list_is_refused_before_drawing(single: Callable
     assert rng_fork.get_rng_state() == before  # iterating a sampler or a loader would have drawn
 
 
+def _saved(state_dict: dict[str, Any]) -> dict[str, Any]:
+    """``state_dict`` after torch.save and torch.load(weights_only=True)."""
+    buffer = io.BytesIO()
+    torch.save(state_dict, buffer)
+    buffer.seek(0)
+    loaded: dict[str, Any] = torch.load(buffer, weights_only=True)
+    return loaded
+
+
 def test_numpy_generator_spawns_are_forked_and_snapshotted() -> None:
     # Generator.spawn moves only the SeedSequence's child counter, not the bit generator's state.
     rng = np.random.default_rng(0)
@@ -227,8 +238,18 @@ def test_numpy_generator_spawns_are_forked_and_snapshotted() -> None:
     rng_fork.set_rng_state(rng_fork.RngState.from_state_dict(state.state_dict()), generators=[rng])
     assert rng.spawn(1)[0].random() == after
     with fork_rng(seed=3, generators=[rng]):
-        child = rng.spawn(1)[0].random()
+        child = rng.spawn(2)[0].random()  # as many children as rng had: only the SeedSequence tells them apart
     assert child == np.random.default_rng(3).spawn(1)[0].random()
+    # After a seeded block the generator's own SeedSequence is back, not the seed's.
+    reference = np.random.default_rng(0)
+    reference.spawn(2)  # the two children rng kept: one before the snapshot, one after it
+    assert rng.spawn(1)[0].random() == reference.spawn(1)[0].random()
+    entropy = np.random.default_rng([1, 2**70])  # entropy as a list of ints, one beyond 64 bits
+    entropy.spawn(1)
+    state = rng_fork.get_rng_state(generators=[entropy])
+    expected = entropy.spawn(1)[0].random()
+    rng_fork.set_rng_state(_saved(state.state_dict()), generators=[entropy])
+    assert entropy.spawn(1)[0].random() == expected
 
 
 class _Lcg(random.Random):

@@ -276,6 +276,8 @@ def _freeze(value: object) -> Part:
     """A bit generator's state dict as nested tuples, so it hashes and compares."""
     if isinstance(value, dict):
         return ("dict", tuple((str(k), _freeze(v)) for k, v in value.items()))
+    if isinstance(value, list):
+        return ("list", tuple(_freeze(v) for v in value))
     if isinstance(value, np.ndarray):
         return ("ndarray", value.dtype.str, tuple(value.shape), value.tobytes())
     if isinstance(value, (np.integer, np.floating)):
@@ -288,6 +290,8 @@ def _freeze(value: object) -> Part:
 def _thaw(frozen: Any) -> Any:
     if isinstance(frozen, tuple) and frozen and frozen[0] == "dict":
         return {k: _thaw(v) for k, v in frozen[1]}
+    if isinstance(frozen, tuple) and frozen and frozen[0] == "list":
+        return [_thaw(v) for v in frozen[1]]
     if isinstance(frozen, tuple) and frozen and frozen[0] == "ndarray":
         _, dtype, shape, data = frozen
         return np.frombuffer(data, dtype=np.dtype(dtype)).reshape(shape).copy()
@@ -319,12 +323,13 @@ def _bit_generator_class(state: Any) -> type[np.random.BitGenerator]:
     return cls
 
 
-SPAWNED = "rng_fork.children_spawned"
-"""The key a part adds to NumPy's state dict: how many children its SeedSequence has spawned."""
+SEED_SEQ = "rng_fork.seed_seq"
+"""The key a part adds to NumPy's state dict: the bit generator's ``SeedSequence``
+(``Generator.spawn`` moves its child counter alone; a seed replaces it)."""
 
 
 @functools.cache
-def _spawn_count_settable() -> bool:
+def _seed_seq_settable() -> bool:
     """Whether a bit generator's SeedSequence can be replaced (``__setstate__((state, seed_seq))``, NumPy 1.25+)."""
     probe = np.random.PCG64(0)
     try:
@@ -339,32 +344,56 @@ def _load_with_seed_seq(bit_generator: np.random.BitGenerator, state: Mapping[st
     cast(Any, bit_generator).__setstate__((state, seed_seq))
 
 
-def _children_spawned(bit_generator: np.random.BitGenerator) -> int | None:
-    seed_seq = bit_generator.seed_seq if _spawn_count_settable() else None
-    return seed_seq.n_children_spawned if isinstance(seed_seq, np.random.SeedSequence) else None
+def _seed_seq_of(bit_generator: np.random.BitGenerator) -> dict[str, Any] | None:
+    """The bit generator's SeedSequence as plain data, where NumPy lets it be put back."""
+    seed_seq = bit_generator.seed_seq if _seed_seq_settable() else None
+    if not isinstance(seed_seq, np.random.SeedSequence):
+        return None
+    entropy: Any = seed_seq.entropy
+    if isinstance(entropy, (int, np.integer)):
+        entropy = int(entropy)
+    elif entropy is not None:
+        entropy = [int(e) for e in entropy]
+    return {
+        "entropy": entropy,
+        "spawn_key": [int(k) for k in seed_seq.spawn_key],
+        "pool_size": int(seed_seq.pool_size),
+        "n_children_spawned": int(seed_seq.n_children_spawned),
+    }
 
 
-def _split_spawned(part: Part) -> tuple[dict[str, Any], int | None]:
-    """NumPy's state dict and the spawn count of a part."""
+def _seed_seq_from(plain: Any) -> np.random.SeedSequence:
+    if not isinstance(plain, dict) or set(plain) != {"entropy", "spawn_key", "pool_size", "n_children_spawned"}:
+        raise ValueError(f"{SEED_SEQ} must hold entropy, spawn_key, pool_size and n_children_spawned")
+    return np.random.SeedSequence(
+        plain["entropy"],
+        spawn_key=tuple(plain["spawn_key"]),
+        pool_size=plain["pool_size"],
+        n_children_spawned=plain["n_children_spawned"],
+    )
+
+
+def _split_seed_seq(part: Part) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """NumPy's state dict and the SeedSequence entry of a part (None if it has none)."""
     state = _thaw(part)
-    spawned = state.pop(SPAWNED, None) if isinstance(state, dict) else None
-    if spawned is not None and (isinstance(spawned, bool) or not isinstance(spawned, int) or spawned < 0):
-        raise ValueError(f"{SPAWNED} must be an int >= 0, got {spawned!r}")
-    return state, spawned
+    seed_seq = state.pop(SEED_SEQ, None) if isinstance(state, dict) else None
+    return state, seed_seq
 
 
 class BitGeneratorCodec(Codec):
-    """Parts of a NumPy ``BitGenerator``: its ``state`` dict, frozen into tuples, plus
-    how many children its ``SeedSequence`` spawned (``Generator.spawn`` moves that alone)."""
+    """Parts of a NumPy ``BitGenerator``: its ``state`` dict, frozen into tuples, plus its
+    ``SeedSequence`` (whose child counter ``Generator.spawn`` moves) where NumPy can put one back."""
 
     tag = "numpy.random.BitGenerator"
 
     def check(self, part: object) -> Part:
         try:
-            state, _ = _split_spawned(part)
+            state, seed_seq = _split_seed_seq(part)
             # A scratch instance of the same class validates the state exactly,
             # with NumPy's own rules, without touching the user's generator.
             _bit_generator_class(state)().state = state
+            if seed_seq is not None:
+                _seed_seq_from(seed_seq)
         except (TypeError, ValueError, KeyError, IndexError) as exc:
             raise ValueError(f"not a valid bit generator state: {exc}") from None
         return part
@@ -395,35 +424,31 @@ class BitGeneratorSource(_ObjectSource[np.random.BitGenerator]):
 
     def capture(self) -> Part:
         state = self.obj.state
-        spawned = _children_spawned(self.obj)
-        return _freeze(state if spawned is None else {**state, SPAWNED: spawned})
+        seed_seq = _seed_seq_of(self.obj)
+        return _freeze(state if seed_seq is None else {**state, SEED_SEQ: seed_seq})
 
     def restore(self, part: Part) -> None:
-        state, spawned = _split_spawned(part)
-        seed_seq = self.obj.seed_seq if spawned is not None else None
-        if spawned is None or not isinstance(seed_seq, np.random.SeedSequence) or (
-            seed_seq.n_children_spawned == spawned
-        ):
+        state, seed_seq = _split_seed_seq(part)
+        if seed_seq is None or _seed_seq_of(self.obj) == seed_seq:
             self.obj.state = state
-            return
-        # The count is read-only: the SeedSequence is replaced by one that differs in it alone.
-        rewound = np.random.SeedSequence(
-            seed_seq.entropy, spawn_key=seed_seq.spawn_key, pool_size=seed_seq.pool_size, n_children_spawned=spawned
-        )
-        _load_with_seed_seq(self.obj, state, rewound)
+        else:
+            _load_with_seed_seq(self.obj, state, _seed_seq_from(seed_seq))
 
     def seed(self, seed: int) -> None:
         fresh = type(self.obj)(seed)
-        if _spawn_count_settable():
+        if _seed_seq_settable():
             _load_with_seed_seq(self.obj, fresh.state, fresh.seed_seq)  # later children follow the seed
         else:
             self.obj.state = fresh.state
 
     def check_target(self, part: Part) -> None:
         wanted = type(self.obj).__name__
-        got = _split_spawned(part)[0].get("bit_generator")
+        state, seed_seq = _split_seed_seq(part)
+        got = state.get("bit_generator")
         if got != wanted:
             raise ValueError(f"a {got} state cannot go into a {wanted}")
+        if seed_seq is not None and not _seed_seq_settable():
+            raise ValueError("this NumPy cannot put back a bit generator's SeedSequence (NumPy 1.25 and later can)")
 
 
 # --- torch.Generator ---------------------------------------------------------
