@@ -18,7 +18,7 @@ from typing import Any, Protocol, TypeVar, cast, overload
 
 from ._checks import check_devices, check_seed
 from ._swap import Capture, SourceSet, enter, leave, live_sources, restore_all, take, warn_threads
-from .sources import RngSource, generator_sources
+from .sources import RngSource, generator_sources, is_device_part
 
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
@@ -168,10 +168,12 @@ class RngStream:
             self._own = None
             return
         snapshot = RngState.from_state_dict(state_dict["state"])
-        # Only what the stream covers: other devices' parts (a checkpoint from a
-        # bigger machine) are left out before validation, and never reach the caller's generators.
+        # Parts of devices the stream does not cover (a checkpoint from a bigger
+        # machine) are left out before validation, and never reach the caller's
+        # generators. Every other part must fit, as set_rng_state demands.
         covered = {source.name for source in live_sources(self.devices, self._extra)}
-        snapshot = snapshot._renamed({name: name for name in snapshot.names if name in covered})
+        kept = [name for name in snapshot.names if name in covered or not is_device_part(name)]
+        snapshot = snapshot._renamed({name: name for name in kept})
         entries = resolve_targets(snapshot, self._extra, strict=False)
         # Saved the way the stream saves itself: put in, taken, and the caller's states put back.
         caller = take(self.devices, self._swap, guard=False)

@@ -597,6 +597,20 @@ def test_stream_checkpoint_from_a_machine_with_more_devices_loads() -> None:
         restored.load_state_dict(sd)
 
 
+def test_stream_load_still_refuses_parts_it_cannot_place() -> None:
+    with_generator = RngStream(seed=1, generators=[torch.Generator()])
+    with with_generator:
+        pass
+    sd = with_generator.state_dict()
+    plain = RngStream(seed=1)
+    with pytest.raises(ValueError, match="'generator:0' is a generator object"):
+        plain.load_state_dict(sd)
+    sd["state"]["pyhton"] = sd["state"].pop("python")
+    with pytest.raises(ValueError, match="'pyhton' does not exist"):
+        RngStream(seed=1, generators=[torch.Generator()]).load_state_dict(sd)
+    assert not plain.started
+
+
 def test_stream_bad_arguments() -> None:
     with pytest.raises(TypeError):
         RngStream(seed="1")  # type: ignore[arg-type]

@@ -10,7 +10,15 @@ from .objects import (
     generator_objects,
     generator_sources,
 )
-from .registry import codec_for, current_devices, register_source, registered_sources, source_family, unregister_source
+from .registry import (
+    codec_for,
+    current_devices,
+    is_device_part,
+    register_source,
+    registered_sources,
+    source_family,
+    unregister_source,
+)
 
 __all__ = [
     "BitGeneratorSource",
@@ -30,6 +38,7 @@ __all__ = [
     "device_source",
     "generator_objects",
     "generator_sources",
+    "is_device_part",
     "register_source",
     "registered_sources",
     "source_family",

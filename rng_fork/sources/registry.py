@@ -125,6 +125,12 @@ def current_devices() -> dict[str, str]:
     return found
 
 
+def is_device_part(name: str) -> bool:
+    """Whether a part name is one device of a device type (``"cuda:1"``), not a generator object's."""
+    family, separator, _ = name.partition(":")
+    return bool(separator) and family != GENERATOR_PREFIX
+
+
 def source_family(name: str) -> RngSource | None:
     """The registered source a part named ``name`` (``"cuda:1"`` -> ``"cuda"``) belongs to."""
     return _sources.get(name.partition(":")[0])
