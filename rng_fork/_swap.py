@@ -207,8 +207,11 @@ class Capture:
         self.owner = owner
 
     def seed(self, seed: int) -> None:
-        """Seed every saved source and guarded runtime from ``seed``."""
-        for source in self.sources.sources:
+        """Seed every saved source and guarded runtime from ``seed``; none if any refuses."""
+        sources = self.sources.sources
+        for source in sources:
+            source.check_settled()
+        for source in sources:
             source.seed(seed)
         for guard in self.guards:
             guard.seed(seed)

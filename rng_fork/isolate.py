@@ -92,14 +92,17 @@ class RngStream:
                 self._callers.append(self._callers[-1])  # already active: keep drawing from it
                 return self
             caller = enter(self.devices, self._swap, self.seed if self._own is None else None)
-            if self._own is not None:
-                try:
+            try:
+                # The stream's state outlives the block: none may be taken inside a graph capture.
+                for source in caller.sources.sources:
+                    source.check_settled()
+                if self._own is not None:
                     self._own.restore()
                     if self.seed is not None and len(caller.sources.sources) != len(self._own.sources.sources):
                         self._seed_new_sources(caller)
-                except BaseException as exc:
-                    leave(caller, exc)
-                    raise
+            except BaseException as exc:
+                leave(caller, exc)
+                raise
             self._callers.append(caller)
             return self
 

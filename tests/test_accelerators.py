@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import torch
 
 import rng_fork
-from rng_fork import RngForkWarning, fork_rng
+from rng_fork import PlainCodec, RngForkWarning, RngSource, RngStream, fork_rng
 from rng_fork.sources import LazyDeviceSource, ModuleDeviceSource, current_devices, device_source
 
 from .fakebackend import FakeLazyBackend, FakeModuleBackend
@@ -154,7 +155,8 @@ class _CapturableGenerator:
     """A device generator that behaves as CUDA's does while its backend captures a graph.
 
     Before torch 2.10 (``graph_safe=False``) it refuses to be read or set; since
-    then it takes any state with its own seed, and refuses seeds that differ.
+    then it takes any state with its own seed, refuses seeds that differ and
+    ignores (without resetting the offset) a seed equal to its own.
     """
 
     def __init__(self, backend: _CapturingBackend, inner: torch.Generator) -> None:
@@ -182,7 +184,8 @@ class _CapturableGenerator:
 
     def manual_seed(self, seed: int) -> None:
         self._check(seed)
-        self.inner.manual_seed(seed)
+        if not self.backend.capturing:
+            self.inner.manual_seed(seed)
 
 
 class _CapturingBackend(FakeLazyBackend):
@@ -231,24 +234,55 @@ def test_unseeded_fork_inside_a_graph_safe_capture_isolates(capturing: _Capturin
     assert torch.equal(torch.rand(3, generator=inner), expected)
 
 
+class _SeedRecorder(RngSource):
+    """A registered source that records every seed it is given."""
+
+    name = "recorder"
+    codec = PlainCodec("test-recorder")
+
+    def __init__(self) -> None:
+        self.seeds: list[int] = []
+
+    def capture(self) -> int:
+        return len(self.seeds)
+
+    def restore(self, part: Any) -> None:
+        pass
+
+    def seed(self, seed: int) -> None:
+        self.seeds.append(seed)
+
+
 @pytest.mark.parametrize("graph_safe", [False, True])
-def test_seeding_during_graph_capture_raises_a_clear_error_and_changes_nothing(
+def test_seeds_and_streams_during_graph_capture_raise_a_clear_error_before_any_change(
     capturing: _CapturingBackend, graph_safe: bool
 ) -> None:
     capturing.graph_safe = graph_safe
-    stream = rng_fork.RngStream(seed=11)
-    before = rng_fork.get_rng_state()
-    capturing.capturing = True
-    cpu_before = torch.get_rng_state()
-    with pytest.raises(RuntimeError, match=r"graphs:0: during CUDA graph capture torch can neither seed"):
-        with fork_rng(seed=3):
-            torch.rand(1)
-    with pytest.raises(RuntimeError, match="enter RngStreams outside the captured region"):
-        with stream:
-            torch.rand(1)
-    assert torch.equal(torch.get_rng_state(), cpu_before)
-    capturing.capturing = False
-    assert rng_fork.get_rng_state() == before
+    recorder = rng_fork.register_source(_SeedRecorder())
+    try:
+        seeded, unseeded, started = RngStream(seed=11), RngStream(), RngStream()
+        with started:
+            pass
+        current_seed = 7
+        capturing.default_generators[0].inner.manual_seed(current_seed)
+        before = rng_fork.get_rng_state()
+        capturing.capturing = True
+        cpu_before = torch.get_rng_state()
+        # Even the seed the device already has: torch would ignore it there, leaving the block unseeded.
+        for seed in (3, current_seed):
+            with pytest.raises(RuntimeError, match=r"graphs:0: during CUDA graph capture torch can neither seed"):
+                with fork_rng(seed=seed):
+                    torch.rand(1)
+        for stream in (seeded, unseeded, started):
+            with pytest.raises(RuntimeError, match="enter RngStreams outside the captured region"):
+                with stream:
+                    torch.rand(1)
+        assert recorder.seeds == []  # refused before anything was seeded
+        assert torch.equal(torch.get_rng_state(), cpu_before)
+        capturing.capturing = False
+        assert rng_fork.get_rng_state() == before
+    finally:
+        rng_fork.unregister_source("recorder")
 
 
 @pytest.mark.parametrize("graph_safe", [False, True])

@@ -271,9 +271,16 @@ def test_fork_during_graph_capture() -> None:
     static = _warmed_up()
     graph = torch.cuda.CUDAGraph()
     cpu_before = torch.get_rng_state()
+    user_generator = torch.Generator(device="cuda").manual_seed(3)
     with torch.cuda.graph(graph):
         with pytest.raises(RuntimeError, match="outside the captured region"):
             with fork_rng(seed=5):
+                pass
+        with pytest.raises(RuntimeError, match="generator:0: during CUDA graph capture"):
+            with fork_rng(seed=3, devices=[], generators=[user_generator]):  # its own seed: torch would ignore it
+                pass
+        with pytest.raises(RuntimeError, match="outside the captured region"):
+            with rng_fork.RngStream():
                 pass
         if not GRAPH_SAFE_STATES:
             with pytest.raises(RuntimeError, match="outside the captured region"):

@@ -154,6 +154,12 @@ class RngSource(ABC):
         """
         return self.capture, self.restore
 
+    def check_settled(self) -> None:
+        """Raise ``RuntimeError`` if the generator is in a passing mode now (a device stream
+        capturing a CUDA graph) in which it must not be seeded, snapshotted or entered by a
+        stream whose state outlives the block. Called before any of those changes anything."""
+        return None
+
     def check_target(self, part: Part) -> None:
         """Raise if ``part`` (well formed for the codec) cannot go into this generator."""
         return None

@@ -19,18 +19,9 @@ from typing import Any
 
 from ..errors import RngForkWarning
 from .base import RngSource, Savers
-from .objects import TorchGeneratorSource, TorchState
+from .objects import GRAPH_CAPTURE_HELP, TorchGeneratorSource, TorchState
 
 QueuedCall = tuple[Callable[[], None], Any]
-
-GRAPH_CAPTURE_HELP = (
-    "{name}: during CUDA graph capture torch can neither seed a device generator nor give it a state "
-    "with another seed (a captured graph keeps the seed it was captured with), a snapshot there would "
-    "hold the graph's offset instead of the generator's, and before torch 2.10 torch cannot read or set "
-    "its state at all. Seed, take or load snapshots and enter RngStreams outside the captured region "
-    "(around torch.cuda.graph), or pass devices=[] to leave the devices out inside it; fork_rng() "
-    "without a seed works inside a capture on torch 2.10 and later."
-)
 
 
 def _never() -> bool:
@@ -122,13 +113,6 @@ class _DeviceGeneratorSource(TorchGeneratorSource):
         self._save = self._explaining(obj.get_state)
         self._load = self._explaining(obj.set_state)
 
-    def _capturing(self) -> bool:
-        capturing = getattr(self.module, "is_current_stream_capturing", None)
-        try:
-            return bool(capturing()) if capturing is not None else False
-        except Exception:  # noqa: BLE001 - no answer means: not known to be capturing
-            return False
-
     def _explaining(self, call: Callable[..., Any]) -> Callable[..., Any]:
         def explained(*args: Any) -> Any:
             try:
@@ -145,24 +129,6 @@ class _DeviceGeneratorSource(TorchGeneratorSource):
 
     def seed(self, seed: int) -> None:
         self._explaining(self.obj.manual_seed)(seed)
-
-    def capture(self) -> TorchState:
-        self._refuse_in_graph()
-        return TorchState(self.device_type, self._save())
-
-    def restore(self, part: Any) -> None:
-        self._load(part.tensor)
-
-    def check_target(self, part: Any) -> None:
-        super().check_target(part)
-        self._refuse_in_graph()  # while validating, so that nothing has changed
-
-    def _refuse_in_graph(self) -> None:
-        # A snapshot taken in a capture holds the graph's offset, and one loaded
-        # into it sets the graph's offset: either would silently shift draws.
-        # Forks save and load through savers(), within one capture.
-        if self._capturing():
-            raise RuntimeError(GRAPH_CAPTURE_HELP.format(name=self.name))
 
 
 class LazyDeviceSource(_DeviceFamily):

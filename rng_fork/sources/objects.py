@@ -539,16 +539,52 @@ class TorchGeneratorCodec(Codec):
         return self.check(TorchState(device_type, state.detach().cpu().clone()))
 
 
+GRAPH_CAPTURE_HELP = (
+    "{name}: during CUDA graph capture torch can neither seed a device generator nor give it a state "
+    "with another seed (a captured graph keeps the seed it was captured with), a snapshot there would "
+    "hold the graph's offset instead of the generator's, and before torch 2.10 torch cannot read or set "
+    "its state at all. Seed, take or load snapshots and enter RngStreams outside the captured region "
+    "(around torch.cuda.graph), or pass devices=[] to leave the devices out inside it; fork_rng() "
+    "without a seed works inside a capture on torch 2.10 and later."
+)
+
+
 class TorchGeneratorSource(_ObjectSource[torch.Generator]):
-    """A ``torch.Generator``: the CPU default generator, a CUDA device's, or the user's."""
+    """A ``torch.Generator``: the CPU default generator, a CUDA device's, or the user's.
+
+    Since torch 2.10 a CUDA generator's state can be read and set while a graph
+    is captured: the offset is then the graph's own, so a fork inside a capture
+    isolates the captured draws as it does eager ones. A seed there is refused
+    (torch ignores one equal to the current seed), as are snapshots, whose
+    offset would be the graph's.
+    """
 
     codec = TorchGeneratorCodec()
 
     def __init__(self, name: str, obj: torch.Generator) -> None:
         super().__init__(name, obj)
         self.device_type = obj.device.type
+        # The backend module that says whether a graph is being captured.
+        self.module: Any = None if self.device_type == "cpu" else getattr(torch, self.device_type, None)
+
+    def _capturing(self) -> bool:
+        module = self.module
+        capturing = getattr(module, "is_current_stream_capturing", None)
+        if capturing is None:
+            return False
+        try:
+            # Asked only of an initialized runtime: the question itself may create a context.
+            initialized = getattr(module, "is_initialized", None)
+            return (initialized is None or bool(initialized())) and bool(capturing())
+        except Exception:  # noqa: BLE001 - no answer means: not known to be capturing
+            return False
+
+    def check_settled(self) -> None:
+        if self._capturing():
+            raise RuntimeError(GRAPH_CAPTURE_HELP.format(name=self.name))
 
     def capture(self) -> Part:
+        self.check_settled()
         return TorchState(self.device_type, self.obj.get_state())
 
     def restore(self, part: Part) -> None:
@@ -565,6 +601,7 @@ class TorchGeneratorSource(_ObjectSource[torch.Generator]):
         got = cast(TorchState, part).device_type
         if got != self.device_type:
             raise ValueError(f"a {got} generator state cannot go into a {self.device_type} generator")
+        self.check_settled()
 
 
 # --- generators= --------------------------------------------------------------
