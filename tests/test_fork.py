@@ -282,10 +282,20 @@ def test_a_random_subclass_with_its_own_state_is_forked_and_snapshotted() -> Non
     expected = [rng.random() for _ in range(3)]
     rng_fork.set_rng_state(state, generators=[rng])
     assert [rng.random() for _ in range(3)] == expected
-    assert state.state_dict()["generator:0"] == {"type": "random.Random.getstate", "value": 5}
+    kind = f"{__name__}._Lcg"
+    assert state.state_dict()["generator:0"] == {"type": "random.Random.getstate", "value": (kind, 5)}
+    before = rng.x
     with fork_rng(seed=3, generators=[rng]):
         assert rng.x == hash(3) % 2**31
-    assert rng.x != hash(3) % 2**31
+    assert rng.x == before
+    # Another subclass's state is refused while validating, before any generator changes.
+    class Other(_Lcg):
+        pass
+
+    torch_before = torch.get_rng_state()
+    with pytest.raises(ValueError, match=f"'generator:0': a {kind} state cannot go into a .*Other"):
+        rng_fork.set_rng_state(state, generators=[Other(1)])
+    assert torch.equal(torch.get_rng_state(), torch_before)
 
 
 @pytest.mark.parametrize(

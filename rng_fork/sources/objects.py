@@ -169,11 +169,21 @@ class RandomSubclassSource(_ObjectSource[random.Random]):
 
     codec = PlainCodec("random.Random.getstate")
 
+    def _kind(self) -> str:
+        return f"{type(self.obj).__module__}.{type(self.obj).__qualname__}"
+
     def capture(self) -> Part:
-        return self.codec.check(self.obj.getstate())
+        # Tagged with the class: each subclass's state has a shape of its own.
+        return self.codec.check((self._kind(), self.obj.getstate()))
 
     def restore(self, part: Part) -> None:
-        self.obj.setstate(part)  # type: ignore[arg-type]  # what its own getstate returned
+        self.obj.setstate(cast(tuple[str, Any], part)[1])
+
+    def check_target(self, part: Part) -> None:
+        if not (isinstance(part, tuple) and len(part) == 2):
+            raise ValueError("expected a (class, state) pair")
+        if part[0] != self._kind():
+            raise ValueError(f"a {part[0]} state cannot go into a {self._kind()}")
 
     def savers(self) -> Savers:
         return self.obj.getstate, self.obj.setstate
