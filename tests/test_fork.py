@@ -214,6 +214,22 @@ def test_one_object_instead_of_a_list_is_refused_before_drawing(single: Callable
     with pytest.raises(TypeError, match=rf"not one {type(obj).__qualname__}: pass generators=\[\.\.\.\]"):
         fork_rng(generators=obj)  # type: ignore[arg-type]
     assert rng_fork.get_rng_state() == before  # iterating a sampler or a loader would have drawn
+    with fork_rng(generators=[obj]):  # as the message says
+        pass
+
+
+def test_samplers_are_forked_and_datasets_refused() -> None:
+    g = torch.Generator().manual_seed(0)
+    sampler = torch.utils.data.RandomSampler(range(10), generator=g)
+    expected = list(sampler)
+    g.manual_seed(0)
+    with fork_rng(generators=[torch.utils.data.BatchSampler(sampler, 2, False)]):
+        list(sampler)
+    assert list(sampler) == expected
+    dataset = torch.utils.data.TensorDataset(torch.arange(4))
+    for generators in (dataset, [dataset]):
+        with pytest.raises(TypeError, match="a torch.utils.data.DataLoader or Sampler, not TensorDataset"):
+            fork_rng(generators=generators)  # type: ignore[arg-type]
 
 
 def _saved(state_dict: dict[str, Any]) -> dict[str, Any]:

@@ -633,16 +633,21 @@ def _generator_objects(obj: object) -> list[object]:
         samplers = [obj.sampler, getattr(obj.batch_sampler, "sampler", None)]
         found = [obj.generator, *(getattr(s, "generator", None) for s in samplers)]
         return [g for g in found if isinstance(g, torch.Generator)]
-    raise TypeError(
-        "generators= takes torch.Generator, numpy.random.Generator, numpy.random.RandomState, "
-        f"numpy.random.BitGenerator, random.Random or torch.utils.data.DataLoader, not {type(obj).__qualname__}"
-    )
+    if isinstance(obj, torch.utils.data.Sampler):
+        found = [getattr(obj, "generator", None), getattr(getattr(obj, "sampler", None), "generator", None)]
+        return [g for g in found if isinstance(g, torch.Generator)]
+    raise TypeError(_UNSUPPORTED.format(type(obj).__qualname__))
+
+
+_UNSUPPORTED = (
+    "generators= takes torch.Generator, numpy.random.Generator, numpy.random.RandomState, "
+    "numpy.random.BitGenerator, random.Random, a torch.utils.data.DataLoader or Sampler, not {}"
+)
 
 
 _SINGLE = (
     torch.utils.data.DataLoader,
     torch.utils.data.Sampler,
-    torch.utils.data.Dataset,
     torch.Generator,
     np.random.Generator,
     np.random.RandomState,
@@ -657,12 +662,14 @@ def generator_objects(generators: object) -> list[object]:
     Raises ``TypeError`` for anything that is not a list (or other iterable) of
     supported objects; a lone loader or sampler is refused before it is iterated.
     """
+    # Checked before iterating: a loader, a sampler or a dataset may draw from the very generators to protect.
     if isinstance(generators, _SINGLE):
-        # Checked before iterating: a loader or a sampler would draw from the very generators to protect.
         raise TypeError(
             f"generators= takes a list of objects, not one {type(generators).__qualname__}: "
             "pass generators=[...] around it"
         )
+    if isinstance(generators, torch.utils.data.Dataset):
+        raise TypeError(_UNSUPPORTED.format(type(generators).__qualname__))
     if isinstance(generators, (str, bytes)) or not hasattr(generators, "__iter__"):
         raise TypeError(f"generators= must be an iterable of generators, not {type(generators).__name__}")
     seen: dict[int, object] = {}
