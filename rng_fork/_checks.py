@@ -20,13 +20,10 @@ def check_seed(seed: object, *, allow_none: bool = True) -> int | None:
     """Return ``seed`` if it is an int in ``[0, 2**32)`` (or None where allowed)."""
     if seed is None and allow_none:
         return None
-    # Any integer type (NumPy's included, as seeds often come from arrays or configs), but not bool.
-    try:
-        if isinstance(seed, (bool, np.bool_)):
-            raise TypeError
-        value = operator.index(seed)  # type: ignore[arg-type]
-    except TypeError:
-        raise TypeError(f"seed must be an int in [0, 2**32), not {type(seed).__name__}") from None
+    # Python's and NumPy's integers (seeds often come from arrays or configs), but not bools.
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"seed must be an int in [0, 2**32), not {type(seed).__name__}")
+    value = int(seed)
     if not 0 <= value < SEED_LIMIT:
         raise ValueError(f"seed must be in [0, 2**32), got {value}")
     return value

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable, Iterable
+import types
+from collections.abc import Callable, Coroutine, Iterable
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -86,14 +87,26 @@ class assert_untouched:  # noqa: N801 - used like a function, as contextlib's he
 
             @functools.wraps(fn)
             async def checked_coroutine(*args: Any, **kwargs: Any) -> Any:
-                with self:
-                    return await fn(*args, **kwargs)
+                return await self._checked(fn(*args, **kwargs))
 
             return checked_coroutine  # type: ignore[return-value]
 
         @functools.wraps(fn)
         def checked(*args: Any, **kwargs: Any) -> Any:
             with self:
-                return fn(*args, **kwargs)
+                result = fn(*args, **kwargs)
+            # A coroutine that a plain callable returns runs later: it is checked when awaited.
+            if isinstance(result, types.CoroutineType):
+                return self._checked(result)
+            if isinstance(result, (types.GeneratorType, types.AsyncGeneratorType)):
+                raise TypeError(
+                    f"{fn.__qualname__} returned a generator, whose body runs after the call; "
+                    "check the code that consumes it with 'with assert_untouched():'"
+                )
+            return result
 
         return checked  # type: ignore[return-value]
+
+    async def _checked(self, coroutine: Coroutine[Any, Any, Any]) -> Any:
+        with self:
+            return await coroutine

@@ -114,6 +114,20 @@ def test_generator_functions_are_refused_as_decorated() -> None:
             assert_untouched()(fn)
 
 
+def test_what_a_plain_callable_returns_to_run_later_is_checked_or_refused() -> None:
+    async def leaky() -> None:
+        await asyncio.sleep(0)
+        np.random.rand()
+
+    def gen() -> Iterator[float]:
+        yield torch.rand(1).item()
+
+    with pytest.raises(RngTouchedError, match="numpy"):
+        asyncio.run(assert_untouched()(lambda: leaky())())
+    with pytest.raises(TypeError, match="returned a generator, whose body runs after the call"):
+        assert_untouched()(lambda: gen())()
+
+
 def test_a_lone_loader_is_refused_before_it_is_iterated() -> None:
     loader = torch.utils.data.DataLoader(range(8), shuffle=True)
     before = get_rng_state()

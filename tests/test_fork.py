@@ -156,7 +156,7 @@ def test_enabled_false_is_a_plain_block() -> None:
     assert draw_all() == second
 
 
-@pytest.mark.parametrize("seed", [True, np.bool_(True), 1.0, np.float64(1.0), "1"])
+@pytest.mark.parametrize("seed", [True, np.bool_(True), torch.tensor(True), torch.tensor(1), 1.0, np.float64(1.0), "1"])
 def test_non_int_seed_is_type_error(seed: object) -> None:
     before = rng_fork.get_rng_state()
     with pytest.raises(TypeError, match="seed"):
