@@ -594,7 +594,8 @@ class TorchGeneratorSource(_ObjectSource[torch.Generator]):
             raise RuntimeError(GRAPH_CAPTURE_HELP.format(name=self.name))
 
     def capture(self) -> Part:
-        self.check_settled()
+        if self.module is not None:  # a CPU generator is never part of a graph
+            self.check_settled()
         return TorchState(self.device_type, self.obj.get_state())
 
     def restore(self, part: Part) -> None:
