@@ -231,7 +231,8 @@ def seed_all(seed: int) -> None:
 
     ``seed`` must be an int in ``[0, 2**32)``. CUDA, XPU and MTIA are seeded
     lazily if they are not initialized, as ``torch.manual_seed`` does. If a
-    source cannot be seeded, the others still are, and a ``RuntimeError`` names it.
+    source cannot be seeded, the others still are, and a ``RuntimeError`` names
+    it; during a CUDA graph capture it raises before seeding anything.
 
     Example::
 
@@ -239,6 +240,8 @@ def seed_all(seed: int) -> None:
     """
     checked = check_seed(seed, allow_none=False)
     assert checked is not None
+    for source in live_sources(None):
+        source.check_settled()  # during a CUDA graph capture: refused before anything is seeded
     failed: list[str] = []
     for source in registered_sources():
         try:

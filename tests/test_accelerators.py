@@ -7,6 +7,7 @@ torch.cuda. The real-hardware checks are in test_cuda.py.
 
 from __future__ import annotations
 
+import random
 import warnings
 from collections.abc import Iterator
 from typing import Any
@@ -255,9 +256,12 @@ class _SeedRecorder(RngSource):
 
 @pytest.mark.parametrize("graph_safe", [False, True])
 def test_seeds_and_streams_during_graph_capture_raise_a_clear_error_before_any_change(
-    capturing: _CapturingBackend, graph_safe: bool
+    capturing: _CapturingBackend, graph_safe: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     capturing.graph_safe = graph_safe
+    # Spies on the first source seeded (Python's) and on one registered after the device.
+    python_seeds: list[object] = []
+    monkeypatch.setattr(random._inst, "seed", python_seeds.append)
     recorder = rng_fork.register_source(_SeedRecorder())
     try:
         seeded, unseeded, started = RngStream(seed=11), RngStream(), RngStream()
@@ -273,11 +277,13 @@ def test_seeds_and_streams_during_graph_capture_raise_a_clear_error_before_any_c
             with pytest.raises(RuntimeError, match=r"graphs:0: during CUDA graph capture torch can neither seed"):
                 with fork_rng(seed=seed):
                     torch.rand(1)
+        with pytest.raises(RuntimeError, match="graphs:0: during CUDA graph capture"):
+            rng_fork.seed_all(current_seed)
         for stream in (seeded, unseeded, started):
             with pytest.raises(RuntimeError, match="enter RngStreams outside the captured region"):
                 with stream:
                     torch.rand(1)
-        assert recorder.seeds == []  # refused before anything was seeded
+        assert recorder.seeds == [] and python_seeds == []  # refused before anything was seeded
         assert torch.equal(torch.get_rng_state(), cpu_before)
         capturing.capturing = False
         assert rng_fork.get_rng_state() == before

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import random
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -226,6 +226,25 @@ def test_samplers_are_forked_and_datasets_refused() -> None:
     with fork_rng(generators=[torch.utils.data.BatchSampler(sampler, 2, False)]):
         list(sampler)
     assert list(sampler) == expected
+
+    class NumpySampler(torch.utils.data.Sampler[int]):
+        def __init__(self, generator: object) -> None:
+            self.generator = generator
+
+        def __iter__(self) -> Iterator[int]:
+            return iter(self.generator.permutation(4).tolist())  # type: ignore[attr-defined]
+
+        def __len__(self) -> int:
+            return 4
+
+    numpy_sampler = NumpySampler(np.random.default_rng(0))
+    order = list(numpy_sampler)
+    numpy_sampler.generator = np.random.default_rng(0)
+    with fork_rng(generators=[torch.utils.data.DataLoader(range(4), sampler=numpy_sampler)]):
+        list(numpy_sampler)
+    assert list(numpy_sampler) == order
+    with pytest.raises(TypeError, match="not str"):
+        fork_rng(generators=[NumpySampler("not a generator")])
     dataset = torch.utils.data.TensorDataset(torch.arange(4))
     for generators in (dataset, [dataset]):
         with pytest.raises(TypeError, match="a torch.utils.data.DataLoader or Sampler, not TensorDataset"):
@@ -298,7 +317,7 @@ def test_a_random_subclass_with_its_own_state_is_forked_and_snapshotted() -> Non
     expected = [rng.random() for _ in range(3)]
     rng_fork.set_rng_state(state, generators=[rng])
     assert [rng.random() for _ in range(3)] == expected
-    kind = f"{__name__}._Lcg"
+    kind = "_Lcg"
     assert state.state_dict()["generator:0"] == {"type": "random.Random.getstate", "value": (kind, 5)}
     before = rng.x
     with fork_rng(seed=3, generators=[rng]):
@@ -312,6 +331,22 @@ def test_a_random_subclass_with_its_own_state_is_forked_and_snapshotted() -> Non
     with pytest.raises(ValueError, match=f"'generator:0': a {kind} state cannot go into a .*Other"):
         rng_fork.set_rng_state(state, generators=[Other(1)])
     assert torch.equal(torch.get_rng_state(), torch_before)
+
+
+def test_a_random_subclass_whose_state_is_mutable_is_refused_for_snapshots() -> None:
+    class Live(_Lcg):
+        def getstate(self) -> dict[str, int]:  # type: ignore[override]
+            return {"x": self.x}  # unhashable: a snapshot holding it could change after the fact
+
+        def setstate(self, state: dict[str, int]) -> None:  # type: ignore[override]
+            self.x = state["x"]
+
+    rng = Live(1)
+    with fork_rng(generators=[rng]):  # a fork only hands the value back
+        rng.random()
+    assert rng.x == 1
+    with pytest.raises(TypeError, match="must be hashable, not dict"):
+        rng_fork.get_rng_state(generators=[rng])
 
 
 @pytest.mark.parametrize(

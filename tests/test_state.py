@@ -184,6 +184,21 @@ def test_a_cpu_state_torch_refuses_is_a_value_error_naming_the_source() -> None:
     assert get_rng_state() == before
 
 
+@pytest.mark.parametrize(
+    ("entry", "value"),
+    [("entropy", None), ("entropy", []), ("entropy", [[1]]), ("entropy", -1), ("n_children_spawned", True),
+     ("n_children_spawned", 1.5), ("pool_size", -1), ("spawn_key", [-1]), ("spawn_key", 3)],
+)
+def test_a_malformed_seed_sequence_is_a_value_error_naming_the_source(entry: str, value: object) -> None:
+    rng = np.random.default_rng(0)
+    sd = get_rng_state(generators=[rng]).state_dict()
+    sd["generator:0"]["state"]["rng_fork.seed_seq"][entry] = value
+    before = get_rng_state(generators=[rng])
+    with pytest.raises(ValueError, match="'generator:0'.*rng_fork.seed_seq"):
+        set_rng_state(sd, generators=[rng])
+    assert get_rng_state(generators=[rng]) == before
+
+
 def test_strict_false_restores_what_is_there() -> None:
     expected = draw_all()
     seed_globals(1234)

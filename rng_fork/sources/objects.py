@@ -170,11 +170,14 @@ class RandomSubclassSource(_ObjectSource[random.Random]):
     codec = PlainCodec("random.Random.getstate")
 
     def _kind(self) -> str:
-        return f"{type(self.obj).__module__}.{type(self.obj).__qualname__}"
+        # The qualified name alone: a class defined in a script is __main__.X there and
+        # module.X where the resumed run imports it.
+        return type(self.obj).__qualname__
 
     def capture(self) -> Part:
-        # Tagged with the class: each subclass's state has a shape of its own.
-        return self.codec.check((self._kind(), self.obj.getstate()))
+        # Tagged with the class: each subclass's state has a shape of its own. The state
+        # itself must be hashable, so that the snapshot cannot change after the fact.
+        return (self._kind(), self.codec.check(self.obj.getstate()))
 
     def restore(self, part: Part) -> None:
         self.obj.setstate(cast(tuple[str, Any], part)[1])
@@ -372,14 +375,37 @@ def _seed_seq_of(bit_generator: np.random.BitGenerator) -> dict[str, Any] | None
     }
 
 
+def _natural(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
 def _seed_seq_from(plain: Any) -> np.random.SeedSequence:
     if not isinstance(plain, dict) or set(plain) != {"entropy", "spawn_key", "pool_size", "n_children_spawned"}:
         raise ValueError(f"{SEED_SEQ} must hold entropy, spawn_key, pool_size and n_children_spawned")
+    entropy, spawn_key = plain["entropy"], plain["spawn_key"]
+    entropy_ok = _natural(entropy) or (isinstance(entropy, list) and bool(entropy) and all(map(_natural, entropy)))
+    if not entropy_ok:
+        raise ValueError(f"{SEED_SEQ} entropy must be an int >= 0 or a list of them, got {entropy!r}")
+    if not (isinstance(spawn_key, list) and all(map(_natural, spawn_key))):
+        raise ValueError(f"{SEED_SEQ} spawn_key must be a list of ints >= 0, got {spawn_key!r}")
+    for key in ("pool_size", "n_children_spawned"):
+        if not _natural(plain[key]):
+            raise ValueError(f"{SEED_SEQ} {key} must be an int >= 0, got {plain[key]!r}")
+    try:
+        return np.random.SeedSequence(
+            entropy, spawn_key=tuple(spawn_key), pool_size=plain["pool_size"],
+            n_children_spawned=plain["n_children_spawned"],
+        )
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise ValueError(f"{SEED_SEQ}: {exc}") from None
+
+
+def _with_children(seed_seq: np.random.SeedSequence, spawned: int) -> np.random.SeedSequence:
+    """``seed_seq`` as it was when it had spawned ``spawned`` children (the counter is read-only)."""
+    if seed_seq.n_children_spawned == spawned:
+        return seed_seq
     return np.random.SeedSequence(
-        plain["entropy"],
-        spawn_key=tuple(plain["spawn_key"]),
-        pool_size=plain["pool_size"],
-        n_children_spawned=plain["n_children_spawned"],
+        seed_seq.entropy, spawn_key=seed_seq.spawn_key, pool_size=seed_seq.pool_size, n_children_spawned=spawned
     )
 
 
@@ -443,6 +469,28 @@ class BitGeneratorSource(_ObjectSource[np.random.BitGenerator]):
             self.obj.state = state
         else:
             _load_with_seed_seq(self.obj, state, _seed_seq_from(seed_seq))
+
+    def savers(self) -> Savers:
+        bit_generator = self.obj
+        if not (_seed_seq_settable() and isinstance(bit_generator.seed_seq, np.random.SeedSequence)):
+            return functools.partial(getattr, bit_generator, "state"), functools.partial(
+                setattr, bit_generator, "state"
+            )
+
+        # The SeedSequence object and its count, not a plain copy: a fork rebuilds nothing unless a block spawned.
+        def save() -> tuple[Any, np.random.SeedSequence, int]:
+            seed_seq = cast(np.random.SeedSequence, bit_generator.seed_seq)
+            return bit_generator.state, seed_seq, seed_seq.n_children_spawned
+
+        def load(saved: tuple[Any, np.random.SeedSequence, int]) -> None:
+            state, seed_seq, spawned = saved
+            current = bit_generator.seed_seq
+            if current is seed_seq and current.n_children_spawned == spawned:
+                bit_generator.state = state
+            else:
+                _load_with_seed_seq(bit_generator, state, _with_children(seed_seq, spawned))
+
+        return save, load
 
     def seed(self, seed: int) -> None:
         fresh = type(self.obj)(seed)
@@ -631,12 +679,14 @@ def _generator_objects(obj: object) -> list[object]:
     if isinstance(obj, torch.utils.data.DataLoader):
         # A loader draws from its own generator (the worker base seed) and from
         # its sampler's (the shuffle order); usually they are the same object.
-        samplers = [obj.sampler, getattr(obj.batch_sampler, "sampler", None)]
-        found = [obj.generator, *(getattr(s, "generator", None) for s in samplers)]
-        return [g for g in found if isinstance(g, torch.Generator)]
+        samplers = [s for s in (obj.sampler, obj.batch_sampler) if s is not None]
+        found = [obj.generator, *(g for sampler in samplers for g in _generator_objects(sampler))]
+        return [g for g in found if g is not None]
     if isinstance(obj, torch.utils.data.Sampler):
+        # Its own generator, or that of the sampler it batches. A custom sampler's
+        # generator of a kind not supported here is an error, not silently skipped.
         found = [getattr(obj, "generator", None), getattr(getattr(obj, "sampler", None), "generator", None)]
-        return [g for g in found if isinstance(g, torch.Generator)]
+        return [g for generator in found if generator is not None for g in _generator_objects(generator)]
     raise TypeError(_UNSUPPORTED.format(type(obj).__qualname__))
 
 
