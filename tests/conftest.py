@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import random
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import numpy as np
 import pytest
@@ -28,6 +30,15 @@ def seed_globals(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def through_torch_save(state_dict: dict[str, Any]) -> dict[str, Any]:
+    """``state_dict`` after a round trip through torch.save and torch.load(weights_only=True)."""
+    buffer = io.BytesIO()
+    torch.save(state_dict, buffer)
+    buffer.seek(0)
+    loaded: dict[str, Any] = torch.load(buffer, weights_only=True)
+    return loaded
 
 
 def draw_all() -> tuple[float, float, list[float]]:

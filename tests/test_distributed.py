@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -17,6 +16,7 @@ import rng_fork.distributed as rd
 from rng_fork import get_rng_state
 
 from ._dist_workers import ISOLATIONS, draws, run_ranks
+from .conftest import through_torch_save
 
 CALLS: dict[str, Callable[[], object]] = {
     "gather_rng_state": rd.gather_rng_state,
@@ -35,15 +35,6 @@ def one_rank() -> Iterator[None]:
         yield
     finally:
         dist.destroy_process_group()
-
-
-def _saved(state_dict: dict[str, Any]) -> dict[str, Any]:
-    """``state_dict`` after a round trip through torch.save and torch.load(weights_only=True)."""
-    buffer = io.BytesIO()
-    torch.save(state_dict, buffer)
-    buffer.seek(0)
-    loaded: dict[str, Any] = torch.load(buffer, weights_only=True)
-    return loaded
 
 
 # --- without a process group, and in a one-process group -----------------------
@@ -87,7 +78,7 @@ def test_one_rank_broadcast_is_a_no_op_and_checks_src(one_rank: None) -> None:
 
 def test_one_rank_checkpoint_round_trip(one_rank: None) -> None:
     g = torch.Generator().manual_seed(5)
-    sd = _saved(rd.rng_state_dict(generators=[g]))
+    sd = through_torch_save(rd.rng_state_dict(generators=[g]))
     assert {k: sd[k] for k in ("format", "version", "world_size")} == {
         "format": "rng_fork.distributed",
         "version": 1,

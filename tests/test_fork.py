@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import io
 import random
 import warnings
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import numpy as np
 import pytest
@@ -15,7 +13,7 @@ import torch
 import rng_fork
 from rng_fork import PlainCodec, RngSource, fork_rng
 
-from .conftest import draw_all, fork_open_in_another_thread, seed_globals
+from .conftest import draw_all, fork_open_in_another_thread, seed_globals, through_torch_save
 
 
 def test_block_is_invisible() -> None:
@@ -251,15 +249,6 @@ def test_samplers_are_forked_and_datasets_refused() -> None:
             fork_rng(generators=generators)  # type: ignore[arg-type]
 
 
-def _saved(state_dict: dict[str, Any]) -> dict[str, Any]:
-    """``state_dict`` after torch.save and torch.load(weights_only=True)."""
-    buffer = io.BytesIO()
-    torch.save(state_dict, buffer)
-    buffer.seek(0)
-    loaded: dict[str, Any] = torch.load(buffer, weights_only=True)
-    return loaded
-
-
 def test_numpy_generator_spawns_are_forked_and_snapshotted() -> None:
     # Generator.spawn moves only the SeedSequence's child counter, not the bit generator's state.
     rng = np.random.default_rng(0)
@@ -283,7 +272,7 @@ def test_numpy_generator_spawns_are_forked_and_snapshotted() -> None:
     entropy.spawn(1)
     state = rng_fork.get_rng_state(generators=[entropy])
     expected = entropy.spawn(1)[0].random()
-    rng_fork.set_rng_state(_saved(state.state_dict()), generators=[entropy])
+    rng_fork.set_rng_state(through_torch_save(state.state_dict()), generators=[entropy])
     assert entropy.spawn(1)[0].random() == expected
 
 
