@@ -223,17 +223,12 @@ class Capture:
     def parts(self) -> dict[str, tuple[str, Part]]:
         """The saved states as snapshot parts, ``{name: (codec tag, part)}``.
 
-        Saved values are in each source's fastest form; parts come from
-        ``capture``. So this swaps them in for a moment and puts back what
-        was there.
+        Converted from each source's fastest form (``part_of``); no generator is touched.
         """
-        sources = self.sources
-        current = [save() for save in sources.saves]
-        try:
-            self.restore()
-            return {source.name: (source.codec.tag, source.capture()) for source in sources.sources}
-        finally:
-            _load_all(sources.sources, sources.loads, current, ())
+        return {
+            source.name: (source.codec.tag, source.part_of(saved))
+            for source, saved in zip(self.sources.sources, self.saved, strict=True)
+        }
 
 
 def take(devices: Sequence[int] | None, extra: SourceSet = NO_SOURCES, *, guard: bool = True) -> Capture:

@@ -138,8 +138,8 @@ class RngStream:
         """The stream's state as plain checkpoint data (see :meth:`RngState.state_dict`).
 
         A stream that has not started yet saves only its seed. The stream keeps
-        its state in each source's fastest form, so this swaps it in for a
-        moment to read it: call it while no other thread draws.
+        its state in each source's fastest form and converts it here, without
+        touching any generator.
         """
         from .state import RngState
 

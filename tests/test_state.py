@@ -6,6 +6,7 @@ import copy
 import io
 import pickle
 import random
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -13,7 +14,7 @@ import pytest
 import torch
 
 import rng_fork
-from rng_fork import PlainCodec, RngSource, RngState, get_rng_state, set_rng_state
+from rng_fork import PlainCodec, RngSource, RngState, RngStream, get_rng_state, set_rng_state
 
 from .conftest import draw_all, seed_globals
 
@@ -197,6 +198,65 @@ def test_a_malformed_seed_sequence_is_a_value_error_naming_the_source(entry: str
     with pytest.raises(ValueError, match="'generator:0'.*rng_fork.seed_seq"):
         set_rng_state(sd, generators=[rng])
     assert get_rng_state(generators=[rng]) == before
+
+
+class _OwnState(random.Random):
+    def getstate(self) -> tuple[int, ...]:  # type: ignore[override]
+        return (7, 8)
+
+    def setstate(self, state: object) -> None:
+        pass
+
+
+def _spawned() -> np.random.Generator:
+    rng = np.random.default_rng([3, 2**70])
+    rng.spawn(2)
+    return rng
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: random.Random(3),
+        lambda: _OwnState(),
+        lambda: np.random.RandomState(5),
+        lambda: np.random.default_rng(1),
+        _spawned,
+        lambda: torch.Generator().manual_seed(2),
+    ],
+)
+def test_what_a_fork_saves_converts_to_what_a_snapshot_captures(make: Callable[[], object]) -> None:
+    # A kept fork (an RngStream) is checkpointed from what its savers saved, without swapping states in.
+    from rng_fork.sources import generator_sources, registered_sources
+
+    for source in [*generator_sources([make()]), *registered_sources()[:3]]:
+        save, _ = source.savers()
+        assert source.part_of(save()) == source.capture(), source.name
+
+
+def test_a_stream_checkpoint_touches_no_generator_and_refuses_a_non_mt19937_global() -> None:
+    stream = RngStream(seed=1)
+    with stream:
+        torch.rand(2)
+    before = get_rng_state()
+    sd = stream.state_dict()
+    assert get_rng_state() == before
+    restored = RngStream()
+    restored.load_state_dict(sd)
+    with stream:
+        expected = draw_all()
+    with restored:
+        assert draw_all() == expected
+    original = np.random.get_bit_generator()
+    np.random.set_bit_generator(np.random.PCG64(0))
+    try:
+        pcg_stream = RngStream(seed=1)
+        with pcg_stream:
+            pass
+        with pytest.raises(TypeError, match="numpy: this RandomState draws from PCG64; snapshots cover MT19937 only"):
+            pcg_stream.state_dict()
+    finally:
+        np.random.set_bit_generator(original)
 
 
 def test_strict_false_restores_what_is_there() -> None:

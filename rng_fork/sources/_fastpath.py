@@ -57,7 +57,7 @@ import random
 import struct
 import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, cast
 
 try:  # NumPy is optional: without it only the Python-random functions work.
     import numpy as np
@@ -184,7 +184,14 @@ def capture_python_portable(r: random.Random) -> PyCapture:
     Twister state is captured even if a subclass overrides ``getstate``,
     exactly what the fast path reads.
     """
-    _version, internal, gauss_next = random.Random.getstate(r)
+    return python_part(random.Random.getstate(r))
+
+
+def python_part(saved: Any) -> PyCapture:
+    """The snapshot part for what :func:`python_savers`' ``save`` returned, on either path."""
+    if len(saved) == 2:  # the fast path saves the part itself
+        return cast(PyCapture, saved)
+    _version, internal, gauss_next = saved  # random.Random.getstate()
     # internal = (word0, ..., word623, index); the canonical order puts the
     # index first, as in the C struct.
     return (_PY_RAW.pack(internal[_MT_N], *internal[:_MT_N]), gauss_next)
@@ -368,8 +375,16 @@ def _mt19937_of(rs: np.random.RandomState) -> Any:
 
 def capture_numpy_portable(rs: np.random.RandomState) -> NpCapture:
     """Snapshot ``rs`` through ``RandomState.get_state`` (official API)."""
-    _mt19937_of(rs)
-    st = rs.get_state(legacy=False)
+    return numpy_part((_mt19937_of(rs), rs.get_state(legacy=False)))
+
+
+def numpy_part(saved: Any) -> NpCapture:
+    """The snapshot part for what :func:`numpy_savers`' ``save`` returned, in either form."""
+    if len(saved) == 3:  # the fast form is the part itself
+        return cast(NpCapture, saved)
+    bit_generator, st = saved  # the bit generator and RandomState.get_state(legacy=False)
+    if not isinstance(bit_generator, np.random.MT19937):
+        raise TypeError(f"only MT19937-backed RandomState is supported, got {type(bit_generator).__name__}")
     inner = st["state"]
     key = np.asarray(inner["key"], dtype="<u4")
     return (key.tobytes() + _I32.pack(int(inner["pos"])), int(st["has_gauss"]), float(st["gauss"]))

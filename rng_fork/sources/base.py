@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Hashable, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 Part = Hashable
 """What a source's ``capture`` returns: immutable, comparable, picklable."""
@@ -153,6 +153,15 @@ class RngSource(ABC):
         something cheaper exists (torch's generators hand out their state tensor).
         """
         return self.capture, self.restore
+
+    def part_of(self, saved: Any) -> Part:
+        """The part ``capture`` would give for a value ``savers()``'s ``save`` returned.
+
+        Lets a kept fork (an :class:`~rng_fork.RngStream`) be checkpointed without
+        putting its states back into the generators. The default savers save
+        parts, so the default returns ``saved`` as it is.
+        """
+        return cast(Part, saved)
 
     def check_settled(self) -> None:
         """Raise ``RuntimeError`` if the generator is in a passing mode now (a device stream

@@ -145,6 +145,9 @@ class PythonRandomSource(_ObjectSource[random.Random]):
     def savers(self) -> _fastpath.PySavers:
         return _fastpath.python_savers(self.obj)
 
+    def part_of(self, saved: Any) -> Part:
+        return _fastpath.python_part(saved)
+
     def seed(self, seed: int) -> None:
         self.obj.seed(seed)
 
@@ -190,6 +193,9 @@ class RandomSubclassSource(_ObjectSource[random.Random]):
 
     def savers(self) -> Savers:
         return self.obj.getstate, self.obj.setstate
+
+    def part_of(self, saved: Any) -> Part:
+        return (self._kind(), self.codec.check(saved))
 
     def seed(self, seed: int) -> None:
         self.obj.seed(seed)
@@ -250,14 +256,22 @@ class RandomStateSource(_ObjectSource[np.random.RandomState]):
     def _on_mt19937(self) -> bool:
         return isinstance(self.obj._bit_generator, np.random.MT19937)
 
-    def capture(self) -> Part:
+    def _refuse_other_bit_generators(self, bit_generator: object) -> None:
         # Snapshots hold MT19937 states; a fork (savers) takes any bit generator.
-        if not self._on_mt19937():
+        if not isinstance(bit_generator, np.random.MT19937):
             raise TypeError(
-                f"{self.name}: this RandomState draws from {type(self.obj._bit_generator).__name__}; "
+                f"{self.name}: this RandomState draws from {type(bit_generator).__name__}; "
                 "snapshots cover MT19937 only (fork_rng covers any bit generator)"
             )
+
+    def capture(self) -> Part:
+        self._refuse_other_bit_generators(self.obj._bit_generator)
         return _fastpath.capture_numpy(self.obj)
+
+    def part_of(self, saved: Any) -> Part:
+        if len(saved) == 2:  # (bit generator, state): the form saved for any bit generator
+            self._refuse_other_bit_generators(saved[0])
+        return _fastpath.numpy_part(saved)
 
     def restore(self, part: Part) -> None:
         _fastpath.restore_numpy(self.obj, part)  # type: ignore[arg-type]
@@ -360,8 +374,10 @@ def _load_with_seed_seq(bit_generator: np.random.BitGenerator, state: Mapping[st
 def _seed_seq_of(bit_generator: np.random.BitGenerator) -> dict[str, Any] | None:
     """The bit generator's SeedSequence as plain data, where NumPy lets it be put back."""
     seed_seq = bit_generator.seed_seq if _seed_seq_settable() else None
-    if not isinstance(seed_seq, np.random.SeedSequence):
-        return None
+    return _seed_seq_plain(seed_seq) if isinstance(seed_seq, np.random.SeedSequence) else None
+
+
+def _seed_seq_plain(seed_seq: np.random.SeedSequence) -> dict[str, Any]:
     entropy: Any = seed_seq.entropy
     if isinstance(entropy, (int, np.integer)):
         entropy = int(entropy)
@@ -491,6 +507,12 @@ class BitGeneratorSource(_ObjectSource[np.random.BitGenerator]):
                 _load_with_seed_seq(bit_generator, state, _with_children(seed_seq, spawned))
 
         return save, load
+
+    def part_of(self, saved: Any) -> Part:
+        if not isinstance(saved, tuple):  # the state alone, where NumPy cannot put a SeedSequence back
+            return _freeze(saved)
+        state, seed_seq, spawned = saved
+        return _freeze({**state, SEED_SEQ: _seed_seq_plain(_with_children(seed_seq, spawned))})
 
     def seed(self, seed: int) -> None:
         fresh = type(self.obj)(seed)
@@ -652,6 +674,9 @@ class TorchGeneratorSource(_ObjectSource[torch.Generator]):
     def savers(self) -> Savers:
         # The generator's own methods: no Python frame, no wrapper object.
         return self.obj.get_state, self.obj.set_state
+
+    def part_of(self, saved: Any) -> Part:
+        return TorchState(self.device_type, saved)
 
     def seed(self, seed: int) -> None:
         self.obj.manual_seed(seed)
