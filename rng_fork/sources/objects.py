@@ -660,12 +660,12 @@ class TorchGeneratorSource(_ObjectSource[torch.Generator]):
             return False
 
     def check_settled(self) -> None:
-        if self._capturing():
+        # A CPU generator is never part of a graph (and is checked at every stream entry).
+        if self.module is not None and self._capturing():
             raise RuntimeError(GRAPH_CAPTURE_HELP.format(name=self.name))
 
     def capture(self) -> Part:
-        if self.module is not None:  # a CPU generator is never part of a graph
-            self.check_settled()
+        self.check_settled()
         return TorchState(self.device_type, self.obj.get_state())
 
     def restore(self, part: Part) -> None:
