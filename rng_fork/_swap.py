@@ -226,7 +226,7 @@ class Capture:
         Converted from each source's fastest form (``part_of``); no generator is touched.
         """
         return {
-            source.name: (source.codec.tag, source.part_of(saved))
+            source.name: (source.codec.tag, source.codec.check(source.part_of(saved)))
             for source, saved in zip(self.sources.sources, self.saved, strict=True)
         }
 

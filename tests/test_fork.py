@@ -243,6 +243,13 @@ def test_samplers_are_forked_and_datasets_refused() -> None:
     assert list(numpy_sampler) == order
     with pytest.raises(TypeError, match="not str"):
         fork_rng(generators=[NumpySampler("not a generator")])
+    # A loader's sampler may be any iterable of indices: nothing to fork there, and no error.
+    for loader in (
+        torch.utils.data.DataLoader(range(4), sampler=[3, 1, 2, 0]),
+        torch.utils.data.DataLoader(range(4), batch_sampler=[[0, 1], [2, 3]]),
+    ):
+        with fork_rng(generators=[loader]):
+            list(loader)
     dataset = torch.utils.data.TensorDataset(torch.arange(4))
     for generators in (dataset, [dataset]):
         with pytest.raises(TypeError, match="a torch.utils.data.DataLoader or Sampler, not TensorDataset"):

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import rng_fork
-from rng_fork import PlainCodec, RngSource, RngState, RngStream, get_rng_state, set_rng_state
+from rng_fork import PlainCodec, RngSource, RngState, RngStream, fork_rng, get_rng_state, set_rng_state
 
 from .conftest import draw_all, seed_globals
 
@@ -187,7 +187,7 @@ def test_a_cpu_state_torch_refuses_is_a_value_error_naming_the_source() -> None:
 
 @pytest.mark.parametrize(
     ("entry", "value"),
-    [("entropy", None), ("entropy", []), ("entropy", [[1]]), ("entropy", -1), ("n_children_spawned", True),
+    [("entropy", None), ("entropy", [[1]]), ("entropy", -1), ("n_children_spawned", True),
      ("n_children_spawned", 1.5), ("pool_size", -1), ("spawn_key", [-1]), ("spawn_key", 3)],
 )
 def test_a_malformed_seed_sequence_is_a_value_error_naming_the_source(entry: str, value: object) -> None:
@@ -234,13 +234,68 @@ def test_what_a_fork_saves_converts_to_what_a_snapshot_captures(make: Callable[[
         assert source.part_of(save()) == source.capture(), source.name
 
 
-def test_a_stream_checkpoint_touches_no_generator_and_refuses_a_non_mt19937_global() -> None:
-    stream = RngStream(seed=1)
+class _LoadCounter(RngSource):
+    """A registered source that counts how often its state is put back."""
+
+    name = "load_counter"
+    codec = PlainCodec("test-load-counter")
+    loads = 0
+
+    def capture(self) -> int:
+        return 0
+
+    def restore(self, part: Any) -> None:
+        type(self).loads += 1
+
+    def seed(self, seed: int) -> None:
+        pass
+
+
+def test_a_numpy_global_swapped_to_another_mt19937_converts_too() -> None:
+    from rng_fork.sources import registered_sources
+
+    numpy_source = registered_sources()[1]
+    save, _ = numpy_source.savers()  # bound to the bit generator of the moment
+    original = np.random.get_bit_generator()
+    np.random.set_bit_generator(np.random.MT19937(9))
+    try:
+        assert numpy_source.part_of(save()) == numpy_source.capture()
+    finally:
+        np.random.set_bit_generator(original)
+
+
+def test_bit_generators_whose_seed_sequence_comes_and_goes() -> None:
+    from rng_fork.sources import generator_sources
+
+    # Legacy seeding leaves a bit generator without a SeedSequence; seeding a Generator gives it one.
+    bg = np.random.MT19937(1)
+    stream = RngStream(generators=[bg])
     with stream:
-        torch.rand(2)
-    before = get_rng_state()
-    sd = stream.state_dict()
-    assert get_rng_state() == before
+        bg.random_raw()
+    np.random.RandomState(bg).seed(2)
+    assert bg.seed_seq is None
+    with stream:
+        bg.random_raw()
+    with fork_rng(seed=5, generators=[bg]):
+        assert bg.seed_seq is not None
+    assert bg.seed_seq is None
+    (source,) = generator_sources([bg])
+    save, _ = source.savers()
+    assert source.part_of(save()) == source.capture()
+
+
+def test_a_stream_checkpoint_touches_no_generator_and_refuses_a_non_mt19937_global() -> None:
+    rng_fork.register_source(_LoadCounter())
+    try:
+        stream = RngStream(seed=1)
+        with stream:
+            torch.rand(2)
+        loads = _LoadCounter.loads
+        sd = stream.state_dict()
+        assert _LoadCounter.loads == loads  # nothing was swapped in to be read
+    finally:
+        rng_fork.unregister_source("load_counter")
+    del sd["state"]["load_counter"]
     restored = RngStream()
     restored.load_state_dict(sd)
     with stream:
@@ -257,6 +312,19 @@ def test_a_stream_checkpoint_touches_no_generator_and_refuses_a_non_mt19937_glob
             pcg_stream.state_dict()
     finally:
         np.random.set_bit_generator(original)
+
+
+def test_a_source_with_savers_needs_part_of_and_plain_states_must_hash_deeply() -> None:
+    class Saving(_LoadCounter):
+        name = "saving"
+
+        def savers(self) -> Any:
+            return self.capture, self.restore
+
+    with pytest.raises(TypeError, match="'saving' overrides only one of savers\\(\\) and part_of\\(\\)"):
+        rng_fork.register_source(Saving())
+    with pytest.raises(TypeError, match="must be hashable"):
+        PlainCodec("x").check((1, [2]))
 
 
 def test_strict_false_restores_what_is_there() -> None:

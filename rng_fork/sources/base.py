@@ -59,8 +59,10 @@ class PlainCodec(Codec):
         self.tag = tag
 
     def check(self, part: object) -> Part:
-        if not isinstance(part, Hashable):
-            raise TypeError(f"a {self.tag} state must be hashable, not {type(part).__name__}")
+        try:
+            hash(part)  # all the way down: a tuple holding a list is not hashable either
+        except TypeError:
+            raise TypeError(f"a {self.tag} state must be hashable, not {type(part).__name__}") from None
         return part
 
     def to_plain(self, part: Part) -> Plain:

@@ -399,7 +399,7 @@ def _seed_seq_from(plain: Any) -> np.random.SeedSequence:
     if not isinstance(plain, dict) or set(plain) != {"entropy", "spawn_key", "pool_size", "n_children_spawned"}:
         raise ValueError(f"{SEED_SEQ} must hold entropy, spawn_key, pool_size and n_children_spawned")
     entropy, spawn_key = plain["entropy"], plain["spawn_key"]
-    entropy_ok = _natural(entropy) or (isinstance(entropy, list) and bool(entropy) and all(map(_natural, entropy)))
+    entropy_ok = _natural(entropy) or (isinstance(entropy, list) and all(map(_natural, entropy)))
     if not entropy_ok:
         raise ValueError(f"{SEED_SEQ} entropy must be an int >= 0 or a list of them, got {entropy!r}")
     if not (isinstance(spawn_key, list) and all(map(_natural, spawn_key))):
@@ -488,23 +488,26 @@ class BitGeneratorSource(_ObjectSource[np.random.BitGenerator]):
 
     def savers(self) -> Savers:
         bit_generator = self.obj
-        if not (_seed_seq_settable() and isinstance(bit_generator.seed_seq, np.random.SeedSequence)):
+        if not _seed_seq_settable():
             return functools.partial(getattr, bit_generator, "state"), functools.partial(
                 setattr, bit_generator, "state"
             )
 
-        # The SeedSequence object and its count, not a plain copy: a fork rebuilds nothing unless a block spawned.
-        def save() -> tuple[Any, np.random.SeedSequence, int]:
-            seed_seq = cast(np.random.SeedSequence, bit_generator.seed_seq)
-            return bit_generator.state, seed_seq, seed_seq.n_children_spawned
+        # The SeedSequence object (None after legacy seeding) and its count, not a plain
+        # copy: a fork rebuilds nothing unless a block spawned or reseeded.
+        def save() -> tuple[Any, Any, int | None]:
+            seed_seq = bit_generator.seed_seq
+            spawned = seed_seq.n_children_spawned if isinstance(seed_seq, np.random.SeedSequence) else None
+            return bit_generator.state, seed_seq, spawned
 
-        def load(saved: tuple[Any, np.random.SeedSequence, int]) -> None:
+        def load(saved: tuple[Any, Any, int | None]) -> None:
             state, seed_seq, spawned = saved
             current = bit_generator.seed_seq
-            if current is seed_seq and current.n_children_spawned == spawned:
+            if current is seed_seq and (spawned is None or current.n_children_spawned == spawned):
                 bit_generator.state = state
             else:
-                _load_with_seed_seq(bit_generator, state, _with_children(seed_seq, spawned))
+                kept = seed_seq if spawned is None else _with_children(seed_seq, spawned)
+                _load_with_seed_seq(bit_generator, state, kept)
 
         return save, load
 
@@ -512,6 +515,8 @@ class BitGeneratorSource(_ObjectSource[np.random.BitGenerator]):
         if not isinstance(saved, tuple):  # the state alone, where NumPy cannot put a SeedSequence back
             return _freeze(saved)
         state, seed_seq, spawned = saved
+        if spawned is None:  # no SeedSequence to keep, as capture() sees it
+            return _freeze(state)
         return _freeze({**state, SEED_SEQ: _seed_seq_plain(_with_children(seed_seq, spawned))})
 
     def seed(self, seed: int) -> None:
@@ -704,15 +709,22 @@ def _generator_objects(obj: object) -> list[object]:
     if isinstance(obj, torch.utils.data.DataLoader):
         # A loader draws from its own generator (the worker base seed) and from
         # its sampler's (the shuffle order); usually they are the same object.
-        samplers = [s for s in (obj.sampler, obj.batch_sampler) if s is not None]
-        found = [obj.generator, *(g for sampler in samplers for g in _generator_objects(sampler))]
-        return [g for g in found if g is not None]
-    if isinstance(obj, torch.utils.data.Sampler):
-        # Its own generator, or that of the sampler it batches. A custom sampler's
-        # generator of a kind not supported here is an error, not silently skipped.
-        found = [getattr(obj, "generator", None), getattr(getattr(obj, "sampler", None), "generator", None)]
+        # Its samplers may be any iterable (a list of indices): only generators count.
+        found = [obj.generator, *_sampler_generators(obj.sampler), *_sampler_generators(obj.batch_sampler)]
         return [g for generator in found if generator is not None for g in _generator_objects(generator)]
+    if isinstance(obj, torch.utils.data.Sampler):
+        return [g for generator in _sampler_generators(obj) for g in _generator_objects(generator)]
     raise TypeError(_UNSUPPORTED.format(type(obj).__qualname__))
+
+
+def _sampler_generators(sampler: object) -> list[object]:
+    """The generators a sampler draws from: its own, or that of the sampler it batches.
+
+    A custom sampler's generator of a kind not supported here is then an error,
+    not silently skipped.
+    """
+    found = [getattr(sampler, "generator", None), getattr(getattr(sampler, "sampler", None), "generator", None)]
+    return [generator for generator in found if generator is not None]
 
 
 _UNSUPPORTED = (

@@ -74,6 +74,11 @@ def register_source(source: RngSource, *, replace: bool = False) -> RngSource:
     name = getattr(source, "name", None)
     if not isinstance(name, str) or not name or ":" in name or name == GENERATOR_PREFIX:
         raise ValueError(f"a source needs a non-empty name without ':' (and not {GENERATOR_PREFIX!r}), got {name!r}")
+    if (type(source).savers is RngSource.savers) != (type(source).part_of is RngSource.part_of):
+        raise TypeError(
+            f"source {name!r} overrides only one of savers() and part_of(): part_of turns what savers' save "
+            "returns into what capture returns, so they go together"
+        )
     codec = getattr(source, "codec", None)
     if not isinstance(codec, Codec):
         raise TypeError(f"source {name!r} needs a codec (an rng_fork.Codec), got {type(codec).__name__}")
