@@ -36,6 +36,11 @@ class SourceSet:
         self.saves = tuple(save for save, _ in pairs)
         self.loads = tuple(load for _, load in pairs)
 
+    def check_settled(self) -> None:
+        """Raise, before anything changes, if any source must not be seeded or kept now."""
+        for source in self.sources:
+            source.check_settled()
+
     def __add__(self, other: SourceSet) -> SourceSet:
         joined = SourceSet()
         joined.sources = self.sources + other.sources
@@ -208,10 +213,8 @@ class Capture:
 
     def seed(self, seed: int) -> None:
         """Seed every saved source and guarded runtime from ``seed``; none if any refuses."""
-        sources = self.sources.sources
-        for source in sources:
-            source.check_settled()
-        for source in sources:
+        self.sources.check_settled()
+        for source in self.sources.sources:
             source.seed(seed)
         for guard in self.guards:
             guard.seed(seed)

@@ -94,8 +94,7 @@ class RngStream:
             caller = enter(self.devices, self._swap, self.seed if self._own is None else None)
             try:
                 # The stream's state outlives the block: none may be taken inside a graph capture.
-                for source in caller.sources.sources:
-                    source.check_settled()
+                caller.sources.check_settled()
                 if self._own is not None:
                     self._own.restore()
                     if self.seed is not None and len(caller.sources.sources) != len(self._own.sources.sources):

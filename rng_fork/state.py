@@ -6,7 +6,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from ._checks import check_seed
-from ._swap import capture_parts, live_sources, restore_all
+from ._swap import capture_parts, live_sources, plan_for, restore_all
 from .sources import Part, RngSource, codec_for, generator_sources, registered_sources, source_family
 from .sources.objects import GENERATOR_PREFIX
 
@@ -240,8 +240,7 @@ def seed_all(seed: int) -> None:
     """
     checked = check_seed(seed, allow_none=False)
     assert checked is not None
-    for source in live_sources(None):
-        source.check_settled()  # during a CUDA graph capture: refused before anything is seeded
+    plan_for(None).sources.check_settled()  # during a CUDA graph capture: refused before anything is seeded
     failed: list[str] = []
     for source in registered_sources():
         try:
