@@ -156,7 +156,7 @@ def check_rng_in_sync(group: ProcessGroup | None = None, *, generators: Iterable
     _membership(group)
     gathered = _gather_own("check_rng_in_sync", group, generators)
     views = [
-        {shared: state.part(name) for name, shared in _shared_names(state, current).items()}
+        {shared: state.part(name) for name, shared in _shared_names(state.names, current).items()}
         for state, current in gathered
     ]
     reference = views[0]
@@ -209,7 +209,7 @@ def broadcast_rng_state(
     dist.broadcast_object_list(box, src=src, group=group)
     sent = box[0]
     if isinstance(sent, str):
-        raise ValueError(f"broadcast_rng_state changed nothing on any rank: rank {src}: {sent}")
+        _raise_if_any([], "broadcast_rng_state", [f"rank {src}: {sent}"])
 
     def prepare() -> Entries | None:
         # src already has the state; restoring it there would only repeat it.
@@ -220,11 +220,9 @@ def broadcast_rng_state(
         state, theirs = sent
         mine = current_devices()
         # src's current device goes to this rank's own (or, where it has none, to the same index).
-        targets = {name: mine.get(shared, name) for name, shared in _shared_names(state, theirs).items()}
-        expected = [
-            source.name for source in live_sources(None)
-            if source.name.partition(":")[0] not in mine or source.name in mine.values()
-        ]
+        targets = {name: mine.get(shared, name) for name, shared in _shared_names(state.names, theirs).items()}
+        # Strictness asks for what this rank draws from: its other devices need no part.
+        expected = list(_shared_names([source.name for source in live_sources(None)], mine))
         return resolve_targets(
             state._renamed(targets), generator_sources(generators), strict=strict, expected=expected
         )
@@ -234,8 +232,8 @@ def broadcast_rng_state(
     _restore_agreed(entries, group)
 
 
-def _shared_names(state: RngState, current: Mapping[str, str]) -> dict[str, str]:
-    """Which parts of a rank's ``state`` it draws from, each under a name every rank shares.
+def _shared_names(names: Iterable[str], current: Mapping[str, str]) -> dict[str, str]:
+    """Which of a rank's part ``names`` it draws from, each under a name every rank shares.
 
     Sources and generator objects keep their names. Of a device type with a
     current device (``current``, as :func:`~rng_fork.sources.current_devices`
@@ -243,7 +241,7 @@ def _shared_names(state: RngState, current: Mapping[str, str]) -> dict[str, str]
     out: rank 0's ``cuda:0`` and rank 1's ``cuda:1`` are both ``"cuda"``.
     """
     shared: dict[str, str] = {}
-    for name in state.names:
+    for name in names:
         family = name.partition(":")[0]
         if family not in current:
             shared[name] = name
