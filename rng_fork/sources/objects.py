@@ -475,9 +475,7 @@ class BitGeneratorSource(_ObjectSource[np.random.BitGenerator]):
     codec = BitGeneratorCodec()
 
     def capture(self) -> Part:
-        state = self.obj.state
-        seed_seq = _seed_seq_of(self.obj)
-        return _freeze(state if seed_seq is None else {**state, SEED_SEQ: seed_seq})
+        return self.part_of(self._save())
 
     def restore(self, part: Part) -> None:
         state, seed_seq = _split_seed_seq(part)
@@ -487,35 +485,37 @@ class BitGeneratorSource(_ObjectSource[np.random.BitGenerator]):
             _load_with_seed_seq(self.obj, state, _seed_seq_from(seed_seq))
 
     def savers(self) -> Savers:
+        return self._save, self._load
+
+    def _save(self) -> Any:
+        # The state and, where NumPy can put one back, the SeedSequence object (None
+        # after legacy seeding) with its count, not a plain copy: a fork rebuilds
+        # nothing unless a block spawned or reseeded.
         bit_generator = self.obj
         if not _seed_seq_settable():
-            return functools.partial(getattr, bit_generator, "state"), functools.partial(
-                setattr, bit_generator, "state"
-            )
+            return bit_generator.state
+        seed_seq = bit_generator.seed_seq
+        spawned = seed_seq.n_children_spawned if isinstance(seed_seq, np.random.SeedSequence) else None
+        return bit_generator.state, seed_seq, spawned
 
-        # The SeedSequence object (None after legacy seeding) and its count, not a plain
-        # copy: a fork rebuilds nothing unless a block spawned or reseeded.
-        def save() -> tuple[Any, Any, int | None]:
-            seed_seq = bit_generator.seed_seq
-            spawned = seed_seq.n_children_spawned if isinstance(seed_seq, np.random.SeedSequence) else None
-            return bit_generator.state, seed_seq, spawned
-
-        def load(saved: tuple[Any, Any, int | None]) -> None:
-            state, seed_seq, spawned = saved
-            current = bit_generator.seed_seq
-            if current is seed_seq and (spawned is None or current.n_children_spawned == spawned):
-                bit_generator.state = state
-            else:
-                kept = seed_seq if spawned is None else _with_children(seed_seq, spawned)
-                _load_with_seed_seq(bit_generator, state, kept)
-
-        return save, load
+    def _load(self, saved: Any) -> None:
+        bit_generator = self.obj
+        if not isinstance(saved, tuple):
+            bit_generator.state = saved
+            return
+        state, seed_seq, spawned = saved
+        current = bit_generator.seed_seq
+        if current is seed_seq and (spawned is None or current.n_children_spawned == spawned):
+            bit_generator.state = state
+        else:
+            kept = seed_seq if spawned is None else _with_children(seed_seq, spawned)
+            _load_with_seed_seq(bit_generator, state, kept)
 
     def part_of(self, saved: Any) -> Part:
         if not isinstance(saved, tuple):  # the state alone, where NumPy cannot put a SeedSequence back
             return _freeze(saved)
         state, seed_seq, spawned = saved
-        if spawned is None:  # no SeedSequence to keep, as capture() sees it
+        if spawned is None:  # no SeedSequence that NumPy could be given back
             return _freeze(state)
         return _freeze({**state, SEED_SEQ: _seed_seq_plain(_with_children(seed_seq, spawned))})
 
