@@ -11,12 +11,16 @@ of a source changes (a CUDA initialization, say).
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from threading import get_ident
 from typing import Any, TypeVar
 
 from ._compile import keep_dynamo_out
+from ._interrupts import held as _held_signal
+from ._interrupts import protected, release_held, shield, unshield
 from .errors import RngForkWarning, RngRestoreError
 from .sources import LazyGuard, Part, RngSource, registered_sources
 from .sources.registry import on_change as on_registry_change
@@ -120,42 +124,69 @@ def capture_parts(devices: Sequence[int] | None, extra: Sequence[RngSource] = ()
     return [(source, source.capture()) for source in live_sources(devices, extra)]
 
 
+@protected
 def _load_all(
     sources: Sequence[RngSource], loads: Sequence[Callable[[Any], object]], values: Sequence[Any],
     guards: Sequence[LazyGuard],
 ) -> None:
     """``load(value)`` for each source, then release each guard; raise for all that failed.
 
-    A failure does not stop the others: the process is never left half-restored
-    without an error that names each source that could not be put back.
+    Neither a failure nor an interrupt stops the others: every source is loaded
+    (one interrupted mid-load is loaded again), then the first interrupt is
+    raised, or an error that names each source that could not be put back. The
+    process is never left half-restored without one of them.
     """
+    interrupt: BaseException | None = None
     if not guards:
         try:
-            for load, value in zip(loads, values, strict=True):
+            for load, value in zip(loads, values, strict=False):  # equal lengths, made together
                 load(value)
         except Exception:  # noqa: BLE001 - redone below, where every failure is collected
             pass
+        except BaseException as exc:  # noqa: BLE001 - redone below, then raised
+            interrupt = exc
         else:
             return
     failures: dict[str, BaseException] = {}
-    for source, load, value in zip(sources, loads, values, strict=True):
-        try:
-            load(value)
-        except Exception as exc:  # noqa: BLE001 - every failure is reported below
-            failures[source.name] = exc
-    for guard in guards:
-        try:
-            guard.release()
-        except Exception as exc:  # noqa: BLE001
-            failures[guard.name] = exc
-    if failures:
-        raise RngRestoreError(failures)
+    attempts: list[tuple[str, Callable[[], object]]] = [
+        (src.name, functools.partial(load, saved)) for src, load, saved in zip(sources, loads, values, strict=True)
+    ]
+    attempts += [(guard.name, guard.release) for guard in guards]
+    for name, attempt in attempts:
+        for _ in range(2):  # an interrupted load is done again, once
+            try:
+                attempt()
+            except Exception as exc:  # noqa: BLE001 - every failure is reported below
+                failures[name] = exc
+            except BaseException as exc:  # noqa: BLE001 - raised once every source is back
+                interrupt = interrupt or exc
+                failures[name] = exc
+                continue
+            else:
+                failures.pop(name, None)
+            break
+    error = RngRestoreError(failures) if failures else None
+    if interrupt is not None:
+        if error is not None:
+            interrupt.__context__ = error
+        raise interrupt
+    if error is not None:
+        raise error
 
 
+@protected
 def restore_all(entries: Sequence[tuple[RngSource, Part]], guards: Sequence[LazyGuard] = ()) -> None:
-    """Restore every ``(source, part)`` and release every guard; then raise for those that failed."""
-    sources = [source for source, _ in entries]
-    _load_all(sources, [source.restore for source in sources], [part for _, part in entries], guards)
+    """Restore every ``(source, part)`` and release every guard; then raise for those that failed.
+
+    A SIGINT arriving meanwhile is held until every source is back.
+    """
+    shielded = shield()
+    try:
+        sources = [source for source, _ in entries]
+        _load_all(sources, [source.restore for source in sources], [part for _, part in entries], guards)
+    finally:
+        unshield(shielded)
+        release_held()
 
 
 T = TypeVar("T")
@@ -193,8 +224,9 @@ class ThreadStack(list[tuple[int, T]]):
 
 
 class Capture:
-    """What one fork saved: the sources, their saved values, the guards of lazy
-    runtimes, and the thread that saved them. Made by :func:`take`.
+    """What one block saved: the sources, their saved values, the guards of lazy
+    runtimes, the thread that saved them and the object that opened the block.
+    Made by :func:`take`; open blocks are kept in :data:`_layers`.
 
     Example::
 
@@ -203,13 +235,18 @@ class Capture:
         saved.restore()         # every generator as it was
     """
 
-    __slots__ = ("guards", "owner", "saved", "sources")
+    __slots__ = ("guards", "homes", "opener", "saved", "shielded", "sources", "thread")
 
-    def __init__(self, sources: SourceSet, saved: list[Any], guards: Sequence[LazyGuard], owner: int) -> None:
+    def __init__(self, sources: SourceSet, saved: list[Any], guards: Sequence[LazyGuard], thread: int) -> None:
         self.sources = sources
         self.saved = saved
         self.guards = guards
-        self.owner = owner
+        self.thread = thread
+        self.opener: object = None
+        self.shielded = False
+        # A stream entered again below other blocks: where each of its generators' state
+        # is kept meanwhile, as (layer, index there, index here). None for any other block.
+        self.homes: list[tuple[Capture, int, int]] | None = None
 
     def seed(self, seed: int) -> None:
         """Seed every saved source and guarded runtime from ``seed``; none if any refuses."""
@@ -222,6 +259,13 @@ class Capture:
     def restore(self) -> None:
         """Put every saved source back, and undo what happened to guarded runtimes."""
         _load_all(self.sources.sources, self.sources.loads, self.saved, self.guards)
+
+    def index_of(self, identity: object) -> int | None:
+        """Where the source standing for the generator ``identity`` is, if this block saved it."""
+        for index, source in enumerate(self.sources.sources):
+            if source.identity() == identity:
+                return index
+        return None
 
     def parts(self) -> dict[str, tuple[str, Part]]:
         """The saved states as snapshot parts, ``{name: (codec tag, part)}``.
@@ -247,9 +291,10 @@ def take(devices: Sequence[int] | None, extra: SourceSet = NO_SOURCES, *, guard:
     return Capture(sources, saved, guards, get_ident())
 
 
-# Forks open per thread: the generators are process-wide, so a fork in one
-# thread while another thread has one open sees (and undoes) its draws.
-_open_forks: dict[int, int] = {}
+_layers: list[Capture] = []
+"""Every open block, in the order entered, in all threads. The generators hold
+the state of the top one's code; each layer holds what the one below had."""
+
 _warned_threads = False
 
 
@@ -271,42 +316,156 @@ def warn_threads(frames_to_user: int) -> None:
     )
 
 
-def enter(devices: Sequence[int] | None, extra: SourceSet, seed: int | None) -> Capture:
-    """Open a fork: save (and guard) every live source and ``extra``, then seed them if asked.
+Prepare = Callable[[Capture], object]
+
+
+@protected
+def enter(
+    opener: object, devices: Sequence[int] | None, extra: SourceSet, seed: int | None,
+    prepare: Prepare | None = None, *, guard: bool = True, frames_to_user: int = 2,
+) -> Capture:
+    """Open a block for ``opener``: save (and guard) every live source and ``extra``, then
+    ``prepare`` the block's own states (a stream's) or seed them if asked.
+
+    Either the block is open when this returns, or nothing changed: a failure undoes
+    what was done, and so does a SIGINT, which is held meanwhile and raised here after.
 
     Example::
 
-        capture = enter(None, NO_SOURCES, None)
+        capture = enter(owner, None, NO_SOURCES, None)
         ...                     # draw from anything
         leave(capture, None)    # every generator as it was
     """
-    me = get_ident()
-    depth = _open_forks.get(me, 0)
-    if len(_open_forks) > (depth > 0) and not _warned_threads:
-        # First: a warning turned into an error must find nothing changed. Two frames: fork_rng.__enter__, user.
-        warn_threads(2)
-    capture = take(devices, extra)
-    if seed is not None:
-        try:
+    shielded = shield()
+    capture: Capture | None = None
+    try:
+        # The only thread check a block needs: until the first warning, every open block is
+        # one thread's, so another thread's block is on top if there is one at all.
+        if _layers and not _warned_threads and _layers[-1].thread != get_ident():
+            # First: a warning turned into an error must find nothing changed.
+            warn_threads(frames_to_user)
+        capture = take(devices, extra, guard=guard)
+        capture.opener = opener
+        capture.shielded = shielded
+        if prepare is not None:
+            prepare(capture)
+        if seed is not None:
             capture.seed(seed)
-        except BaseException:
-            capture.restore()
-            raise
-    _open_forks[me] = depth + 1
+        _layers.append(capture)
+    except BaseException as exc:
+        if capture is None:
+            unshield(shielded)
+            release_held()
+        else:
+            leave(capture, exc)
+        raise
+    if _held_signal():
+        leave(capture, None)  # undone, then the SIGINT that arrived meanwhile is raised
     return capture
 
 
+@protected
 def leave(capture: Capture, exc: BaseException | None) -> None:
-    """Close a fork: restore everything; a failure is chained to the block's exception."""
-    me = capture.owner
-    depth = _open_forks.get(me, 1) - 1
-    if depth:
-        _open_forks[me] = depth
-    else:
-        _open_forks.pop(me, None)
+    """Close a block: put back what it saved, then raise a SIGINT held meanwhile.
+
+    A failure to restore is chained to the block's exception ``exc``.
+    """
     try:
-        capture.restore()
+        try:
+            if capture.homes is None:
+                capture.restore()
+            else:
+                _send_home(capture)
+        finally:
+            _remove(capture)
+            unshield(capture.shielded)
     except RngRestoreError as failure:
-        if exc is not None:
+        if exc is not None and failure is not exc:
             raise failure from exc
         raise
+    finally:
+        release_held()
+
+
+def _remove(capture: Capture) -> None:
+    if _layers and _layers[-1] is capture:
+        _layers.pop()
+    else:
+        with contextlib.suppress(ValueError):  # never pushed: its entry failed
+            _layers.remove(capture)
+
+
+def open_layer(opener: object) -> Capture | None:
+    """The innermost block ``opener`` has open in this thread, else in any thread, else None.
+
+    A block can end in another thread than it began in (a generator resumed
+    by a thread pool): then the innermost one of any thread is closed.
+    """
+    if _layers:
+        top = _layers[-1]
+        me = get_ident()
+        if top.opener is opener and top.thread == me:
+            return top
+        found = None
+        for layer in reversed(_layers):
+            if layer.opener is opener:
+                if layer.thread == me:
+                    return layer
+                found = found or layer
+        return found
+    return None
+
+
+def homes_above(below: Capture) -> Prepare:
+    """A ``prepare`` for entering again what ``below`` opened (a stream) while other blocks
+    are open above it: its generators' states are where those blocks saved them.
+
+    Each source of the new block is found in the lowest block above ``below`` that
+    saved the same generator; there is the stream's state, which goes into the
+    generator now and is written back there when the new block is left. A generator
+    no block above saved still holds the stream's state and is left as it is.
+    """
+    return functools.partial(_load_homes, below)
+
+
+@protected
+def _load_homes(below: Capture, capture: Capture) -> None:
+    above = _layers[_layers.index(below) + 1:] if below in _layers else []
+    homes: list[tuple[Capture, int, int]] = []
+    for here, source in enumerate(capture.sources.sources):
+        identity = source.identity()
+        for layer in above:
+            there = layer.index_of(identity)
+            if there is not None:
+                homes.append((layer, there, here))
+                break
+    _load_all(
+        [layer.sources.sources[there] for layer, there, _ in homes],
+        [layer.sources.loads[there] for layer, there, _ in homes],
+        [layer.saved[there] for layer, there, _ in homes],
+        (),
+    )
+    capture.homes = homes
+
+
+@protected
+def _send_home(capture: Capture) -> None:
+    """Leave a stream entered again: its states go back where they are kept, the caller's back in."""
+    homes = capture.homes or []
+    failures: dict[str, BaseException] = {}
+    for layer, there, _ in homes:
+        try:
+            layer.saved[there] = layer.sources.saves[there]()
+        except Exception as exc:  # noqa: BLE001 - reported with the loads below
+            failures[layer.sources.sources[there].name] = exc
+    try:
+        _load_all(
+            [capture.sources.sources[here] for _, _, here in homes],
+            [capture.sources.loads[here] for _, _, here in homes],
+            [capture.saved[here] for _, _, here in homes],
+            (),
+        )
+    except RngRestoreError as error:
+        failures.update(error.failures)
+    if failures:
+        raise RngRestoreError(failures)

@@ -7,7 +7,8 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from ._checks import check_devices, check_seed
-from ._swap import NO_SOURCES, Capture, SourceSet, ThreadStack, enter, leave
+from ._interrupts import protected, release_held
+from ._swap import NO_SOURCES, SourceSet, enter, leave, open_layer
 from .sources import generator_sources
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -35,7 +36,9 @@ class fork_rng:  # noqa: N801 - named like torch.random.fork_rng, which it repla
             ``random.Random`` or a ``DataLoader`` (its and its sampler's generator).
 
     Bad arguments raise here, before anything changes. One object can be entered
-    again after it exits, and blocks nest to any depth.
+    again after it exits, and blocks nest to any depth. A ``KeyboardInterrupt``
+    (SIGINT) that arrives while the fork saves or restores is raised once every
+    generator is back; see the README's "Semantics, precisely".
 
     Example::
 
@@ -44,7 +47,7 @@ class fork_rng:  # noqa: N801 - named like torch.random.fork_rng, which it repla
         train_step()                       # sees the same numbers as without evaluate()
     """
 
-    __slots__ = ("__weakref__", "_extra", "_open", "devices", "enabled", "seed")
+    __slots__ = ("__weakref__", "_extra", "devices", "enabled", "seed")
 
     def __init__(
         self,
@@ -62,13 +65,14 @@ class fork_rng:  # noqa: N801 - named like torch.random.fork_rng, which it repla
         self.devices = None if devices is None else check_devices(devices)
         no_generators = type(generators) is tuple and not generators
         self._extra = NO_SOURCES if no_generators else SourceSet(generator_sources(generators))
-        self._open: ThreadStack[Capture] = ThreadStack()
 
+    @protected
     def __enter__(self) -> fork_rng:
         if self.enabled:
-            self._open.push(enter(self.devices, self._extra, self.seed))
+            enter(self, self.devices, self._extra, self.seed)
         return self
 
+    @protected
     def __exit__(
         self,
         exc_type: type[BaseException] | None,
@@ -76,9 +80,11 @@ class fork_rng:  # noqa: N801 - named like torch.random.fork_rng, which it repla
         traceback: TracebackType | None,
     ) -> None:
         # What was entered decides, not ``enabled`` now.
-        capture = self._open.pop_own()
+        capture = open_layer(self)
         if capture is not None:
             leave(capture, exc)
+        else:
+            release_held()
 
     def __call__(self, fn: F) -> F:
         """Use as a decorator: every call (generator, coroutine) runs in its own fork.

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import functools
 import inspect
-import threading
 import types
 from collections.abc import AsyncGenerator, Callable, Generator, Iterable
 from types import TracebackType
 from typing import Any, Protocol, TypeVar, cast, overload
 
 from ._checks import check_devices, check_seed
-from ._swap import Capture, SourceSet, enter, leave, live_sources, restore_all, take, warn_threads
+from ._interrupts import protected, release_held, shield, unshield
+from ._swap import Capture, Prepare, SourceSet, enter, homes_above, leave, live_sources, open_layer, restore_all, take
 from .sources import RngSource, generator_sources, is_device_part
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -37,8 +37,10 @@ class RngStream:
     and the caller's state restored. The first entry starts from ``seed`` or,
     without one, from the caller's state at that moment. So an evaluation that
     runs every epoch gets fresh but reproducible randomness each time, and
-    training never notices. Entering a stream that is already active (a
-    recursive call) just goes on drawing from it.
+    training never notices. A stream is one stream however blocks nest: entered
+    again inside itself (a recursive call), or inside a fork or another stream
+    opened within it, it goes on from its last draw, and those draws never
+    reach the code around the inner entry.
 
     Example::
 
@@ -75,59 +77,65 @@ class RngStream:
         self.devices = devices
         self._extra = extra
         self._swap = SourceSet(extra)
+        # The stream's states while it is not open; None until it first runs.
         self._own: Capture | None = None
-        self._callers: list[Capture] = []
-        self._lock = threading.RLock()
 
     @property
     def started(self) -> bool:
         """Whether the stream has been entered (or loaded) at least once."""
         return self._own is not None
 
-    def __enter__(self) -> RngStream:
-        with self._lock:
-            if self._callers:
-                if self._callers[-1].owner != threading.get_ident():
-                    warn_threads(1)  # both threads now draw from one stream, in no set order
-                self._callers.append(self._callers[-1])  # already active: keep drawing from it
-                return self
-            caller = enter(self.devices, self._swap, self.seed if self._own is None else None)
-            try:
-                # The stream's state outlives the block: none may be taken inside a graph capture.
-                caller.sources.check_settled()
-                if self._own is not None:
-                    self._own.restore()
-                    if self.seed is not None and len(caller.sources.sources) != len(self._own.sources.sources):
-                        self._seed_new_sources(caller)
-            except BaseException as exc:
-                leave(caller, exc)
-                raise
-            self._callers.append(caller)
-            return self
+    def _is_open(self) -> bool:
+        return open_layer(self) is not None
 
-    def _seed_new_sources(self, caller: Capture) -> None:
+    @protected
+    def __enter__(self) -> RngStream:
+        innermost = open_layer(self)
+        if innermost is None:
+            enter(self, self.devices, self._swap, self.seed if self._own is None else None, self._put_in)
+        else:
+            # Open already (lower down): its states are where the blocks above it keep them.
+            enter(self, self.devices, self._swap, None, _settled_then(homes_above(innermost)), guard=False)
+        return self
+
+    @protected
+    def _put_in(self, caller: Capture) -> None:
+        # The stream's state outlives the block: none may be taken inside a graph capture.
+        caller.sources.check_settled()
+        own = self._own
+        if own is not None:
+            own.restore()
+            if self.seed is not None and len(caller.sources.sources) != len(own.sources.sources):
+                self._seed_new_sources(caller, own)
+
+    def _seed_new_sources(self, caller: Capture, own: Capture) -> None:
         # A generator that appeared since the stream last ran (a device initialized
         # meanwhile) starts from the stream's seed, as if it had been there all along.
-        assert self._own is not None and self.seed is not None
-        known = {source.name for source in self._own.sources.sources}
+        assert self.seed is not None
+        known = {source.name for source in own.sources.sources}
         for source in caller.sources.sources:
             if source.name not in known:
                 source.seed(self.seed)
 
+    @protected
     def __exit__(
         self,
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        with self._lock:
-            caller = self._callers.pop()
-            if self._callers:
-                return
+        layer = open_layer(self)
+        if layer is None:
+            release_held()
+            raise RuntimeError("an RngStream was left more often than it was entered")
+        if layer.homes is None:  # its first entry: the stream's states are kept for the next one
             try:
-                self._own = take(self.devices, self._swap, guard=False)
-            finally:
-                leave(caller, exc)
+                own = take(self.devices, self._swap, guard=False)
+            except BaseException:
+                leave(layer, exc)
+                raise
+            self._own = own
+        leave(layer, exc)
 
     def __call__(self, fn: F) -> F:
         """Decorate ``fn`` so every call (every generator or coroutine step) draws from this stream."""
@@ -149,8 +157,8 @@ class RngStream:
         """Continue from a :meth:`state_dict`; validates it fully before changing anything.
 
         Parts for sources the stream does not cover (other devices) are ignored;
-        a covered source the checkpoint lacks starts from the caller's state at
-        the time of loading.
+        a covered source the checkpoint lacks starts from the caller's state at the
+        time of loading.
 
         Example::
 
@@ -164,7 +172,7 @@ class RngStream:
         started = state_dict["started"]
         if not isinstance(started, bool):
             raise TypeError(f"an RngStream state dict's 'started' must be a bool, not {type(started).__name__}")
-        if self._callers:
+        if self._is_open():
             raise RuntimeError("cannot load the state of an RngStream while it is active")
         if not started:
             self._own = None
@@ -177,14 +185,7 @@ class RngStream:
         kept = [name for name in snapshot.names if name in covered or not is_device_part(name)]
         snapshot = snapshot._renamed({name: name for name in kept})
         entries = resolve_targets(snapshot, self._extra, strict=False)
-        # Saved the way the stream saves itself: put in, taken, and the caller's states put back.
-        caller = take(self.devices, self._swap, guard=False)
-        try:
-            restore_all(entries)
-            own = take(self.devices, self._swap, guard=False)
-        finally:
-            caller.restore()
-        self._own = own
+        self._own = _converted(entries, self.devices, self._swap)
 
     def __repr__(self) -> str:
         return f"RngStream(seed={self.seed}, started={self.started})"
@@ -251,6 +252,33 @@ def isolate_checked(fn: F, seed: int | None, devices: tuple[int, ...] | None, ex
     return _wrap(fn, lambda: _Fork(devices, swap, seed), lambda: RngStream._private(seed, devices, extra))
 
 
+def _settled_then(prepare: Prepare) -> Prepare:
+    return functools.partial(_check_settled_then, prepare)
+
+
+@protected
+def _check_settled_then(prepare: Prepare, capture: Capture) -> None:
+    capture.sources.check_settled()
+    prepare(capture)
+
+
+@protected
+def _converted(entries: list[tuple[RngSource, Any]], devices: tuple[int, ...] | None, swap: SourceSet) -> Capture:
+    """What a stream keeps for the parts ``entries``: put in, taken the way the stream
+    saves itself, and the caller's states put back, a SIGINT held meanwhile."""
+    shielded = shield()
+    try:
+        caller = take(devices, swap, guard=False)
+        try:
+            restore_all(entries)
+            return take(devices, swap, guard=False)
+        finally:
+            caller.restore()
+    finally:
+        unshield(shielded)
+        release_held()
+
+
 class _Fork:
     """A one-shot fork: the light context for a plain call."""
 
@@ -259,9 +287,11 @@ class _Fork:
     def __init__(self, devices: tuple[int, ...] | None, extra: SourceSet, seed: int | None) -> None:
         self.devices, self.extra, self.seed = devices, extra, seed
 
+    @protected
     def __enter__(self) -> None:
-        self.capture = enter(self.devices, self.extra, self.seed)
+        self.capture = enter(self, self.devices, self.extra, self.seed, frames_to_user=3)
 
+    @protected
     def __exit__(self, exc_type: object, exc: BaseException | None, traceback: object) -> None:
         leave(self.capture, exc)
 

@@ -579,7 +579,7 @@ def test_a_warning_turned_into_an_error_changes_nothing(monkeypatch: pytest.Monk
                 with fork_rng(seed=0):
                     pass
         assert draw_all() == expected
-    assert not _swap._open_forks
+    assert not _swap._layers
 
 
 def test_a_block_may_end_in_another_thread() -> None:
@@ -600,7 +600,7 @@ def test_a_block_may_end_in_another_thread() -> None:
     finisher.start()
     finisher.join()
     assert draw_all() == expected
-    assert not _swap._open_forks
+    assert not _swap._layers
 
 
 def test_a_registration_while_a_plan_is_made_is_not_lost() -> None:

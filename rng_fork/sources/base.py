@@ -191,6 +191,11 @@ class RngSource(ABC):
         """A guard for a runtime that is not yet initialized, or None."""
         return None
 
+    def identity(self) -> Hashable:
+        """What generator this source stands for: two sources with the same identity save
+        and load the same generator (the global one, or one passed as ``generators=``)."""
+        return self
+
     def describe(self) -> dict[str, Any]:
         """A short description for :func:`rng_fork.info`."""
         return {"name": self.name, "type": type(self).__name__, "available": self.available()}

@@ -13,7 +13,7 @@ forked while initialized; a block that initializes one is reported.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from types import ModuleType
 from typing import Any
 
@@ -251,6 +251,9 @@ class _ModuleDevice(RngSource):
         self.codec = family.codec
         self.family = family
         self.device = device
+
+    def identity(self) -> Hashable:
+        return (self.family.name, self.device)
 
     def capture(self) -> TorchState:
         return TorchState(self.family.device_type, self.family.module.get_rng_state(self.device))

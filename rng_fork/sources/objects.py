@@ -12,7 +12,7 @@ import functools
 import math
 import random
 import struct
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from typing import Any, Generic, TypeVar, cast
 
 import numpy as np
@@ -119,6 +119,9 @@ class _ObjectSource(RngSource, Generic[T]):
     def __init__(self, name: str, obj: T) -> None:
         self.name = name
         self.obj = obj
+
+    def identity(self) -> Hashable:
+        return ("object", id(self.obj))
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "object": type(self.obj).__qualname__}
