@@ -109,25 +109,48 @@ def test_plot_without_matplotlib_fails_before_training(
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
     monkeypatch.setattr(demo, "train", lambda **kwargs: pytest.fail("trained although it could not plot"))
-    assert main([*SHORT, "--plot", str(tmp_path / "x.png")]) == 2
+    with pytest.raises(SystemExit) as exit_:
+        main([*SHORT, "--plot", str(tmp_path / "x.png")])
+    assert exit_.value.code == 2
     out, err = capsys.readouterr()
-    assert "error: --plot needs matplotlib, which is not installed" in err
+    assert "error: argument --plot: needs matplotlib, which is not installed" in err
     assert "install it with: pip install matplotlib" in err
     assert out == "" and not (tmp_path / "x.png").exists()
 
 
-@pytest.mark.parametrize("where", ["missing folder", "a folder"])
+@pytest.mark.parametrize("where", ["missing folder", "a folder", "not a picture", "no extension", "proc", "empty"])
 def test_a_plot_path_that_cannot_be_written_fails_before_training(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], where: str
 ) -> None:
     pytest.importorskip("matplotlib")
     monkeypatch.setattr(demo, "train", lambda **kwargs: pytest.fail("trained although it could not plot"))
-    path = tmp_path / "nowhere" / "x.png" if where == "missing folder" else tmp_path
-    assert main([*SHORT, "--plot", str(path)]) == 2
+    path, expected = {
+        "missing folder": (str(tmp_path / "nowhere" / "x.png"), f"the folder {tmp_path / 'nowhere'} does not exist"),
+        "a folder": (str(tmp_path), "that is a folder"),
+        "not a picture": (str(tmp_path / "x.txt"), "matplotlib cannot write a .txt file; end the name with one of"),
+        "no extension": (str(tmp_path / "plot"), "cannot write a file without an extension"),
+        "proc": ("/proc/x.png", "cannot be written"),
+        "empty": ("", "needs a file name, such as demo.png"),
+    }[where]
+    with pytest.raises(SystemExit) as exit_:
+        main([*SHORT, f"--plot={path}"])
+    assert exit_.value.code == 2
     out, err = capsys.readouterr()
-    expected = "does not exist" if where == "missing folder" else "that is a folder"
-    assert err.startswith(f"error: --plot {path}: ") and expected in err
+    prefix = "argument --plot: " if not path else f"argument --plot: {path}: "
+    assert "usage: python -m rng_fork demo" in err and prefix + "" in err and expected in err
+    assert "folder ." not in err and not list(tmp_path.glob("x.*"))
     assert out == ""
+
+
+def test_a_plot_file_that_exists_is_kept_until_the_plot_replaces_it(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    from rng_fork.demo import _plot_path
+
+    existing = tmp_path / "old.png"
+    existing.write_bytes(b"old")
+    assert _plot_path(str(existing)) == existing and existing.read_bytes() == b"old"
+    fresh = tmp_path / "new.pdf"
+    assert _plot_path(str(fresh)) == fresh and not fresh.exists()
 
 
 class Terminal(io.StringIO):
