@@ -13,7 +13,7 @@ from .fork import fork_rng
 from .info import info
 from .isolate import RngStream, isolated
 from .sources import Codec, PlainCodec, RngSource, register_source, registered_sources, unregister_source
-from .state import RngState, get_rng_state, seed_all, set_rng_state
+from .state import RestoreReport, RngState, get_rng_state, seed_all, set_rng_state
 
 __version__ = "0.1.0"
 
@@ -42,6 +42,7 @@ def unload_ipython_extension(ipython: Any) -> None:
 __all__ = [
     "Codec",
     "PlainCodec",
+    "RestoreReport",
     "RngForkWarning",
     "RngRestoreError",
     "RngSource",

@@ -27,13 +27,13 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch.distributed as dist
 
 from ._swap import live_sources, restore_all
-from .errors import RngRestoreError
+from .errors import RngForkWarning, RngRestoreError
 from .sources import Part, RngSource, current_devices, generator_sources
 from .state import RngState, get_rng_state, resolve_targets
 
@@ -89,8 +89,10 @@ class RngLoadReport:
 
     ``restored``: the ranks put back to their saved state. ``not_restored``:
     ranks of this group that have no saved entry; they keep their state.
-    ``dropped``: saved entries that no rank of this group took. ``complete`` is
-    true when the world size was unchanged and every rank was restored.
+    ``dropped``: saved entries that no rank of this group took. ``skipped``
+    (``strict=False`` only): for each rank that skipped any, the parts of devices
+    it does not have (a GPU job's checkpoint loaded on CPU ranks). ``complete`` is
+    true when the world size was unchanged and every rank was restored whole.
 
     Example::
 
@@ -103,11 +105,12 @@ class RngLoadReport:
     restored: tuple[int, ...]
     not_restored: tuple[int, ...]
     dropped: tuple[int, ...]
+    skipped: dict[int, tuple[str, ...]] = field(default_factory=dict)
 
     @property
     def complete(self) -> bool:
-        """Whether every rank was restored and every saved entry used."""
-        return not self.not_restored and not self.dropped
+        """Whether every rank was restored whole and every saved entry used."""
+        return not self.not_restored and not self.dropped and not self.skipped
 
     def __str__(self) -> str:
         text = (
@@ -118,6 +121,8 @@ class RngLoadReport:
             text += f"; {_ranks(self.not_restored)} had no saved state and kept their own"
         if self.dropped:
             text += f"; the saved state of {_ranks(self.dropped)} was not used"
+        for rank, parts in self.skipped.items():
+            text += f"; rank {rank} skipped {', '.join(parts)} (no such device there)"
         return text
 
 
@@ -225,7 +230,7 @@ def broadcast_rng_state(
         expected = list(_shared_names([source.name for source in live_sources(None)], mine))
         return resolve_targets(
             state._renamed(targets), generator_sources(generators), strict=strict, expected=expected
-        )
+        ).entries
 
     entries, error = _attempt(prepare)
     _raise_if_any(_all_gather(error, group), "broadcast_rng_state")
@@ -285,8 +290,9 @@ def load_rng_state_dict(
 
     When the world size differs from the saved one, ``strict=True`` raises that
     way on every rank. ``strict=False`` restores the ranks both have, leaves the
-    others as they are, warns, and reports them; it also lets an entry lack some
-    of a rank's sources, as ``set_rng_state(strict=False)`` does. If restoring
+    others as they are, warns, and reports them; as ``set_rng_state(strict=False)``
+    does, it also lets an entry lack some of a rank's sources and skips (and
+    reports) the parts of devices a rank does not have. If restoring
     itself fails on a rank (after validation), every rank raises
     :class:`~rng_fork.RngRestoreError`, and ranks that succeeded stay restored.
 
@@ -301,17 +307,20 @@ def load_rng_state_dict(
     """
     rank, size = _membership(group)
     saved_size: int | None = None
+    skipped: tuple[str, ...] = ()
 
     def prepare() -> Entries | None:
-        nonlocal saved_size
+        nonlocal saved_size, skipped
         saved_size, saved = _unpack(state_dict)
         if rank >= saved_size:
             return None
-        return resolve_targets(RngState.from_state_dict(saved[rank]), generator_sources(generators), strict=strict)
+        targets = resolve_targets(RngState.from_state_dict(saved[rank]), generator_sources(generators), strict=strict)
+        skipped = targets.skipped
+        return targets.entries
 
     entries, error = _attempt(prepare)
-    outcomes = _all_gather((error, saved_size), group)
-    sizes = sorted({s for _, s in outcomes if s is not None})
+    outcomes = _all_gather((error, saved_size, skipped), group)
+    sizes = sorted({s for _, s, _ in outcomes if s is not None})
     problems: list[str] = []
     if len(sizes) > 1:
         problems.append(f"the ranks were given state dicts of different world sizes ({sizes})")
@@ -320,7 +329,7 @@ def load_rng_state_dict(
             f"the state dict was saved by {sizes[0]} rank(s) and this group has {size}; "
             "pass strict=False to restore only the ranks both have"
         )
-    _raise_if_any([e for e, _ in outcomes], "load_rng_state_dict", problems)
+    _raise_if_any([e for e, _, _ in outcomes], "load_rng_state_dict", problems)
     saved_world_size = sizes[0]
     _restore_agreed(entries, group)
     both = min(size, saved_world_size)
@@ -330,9 +339,10 @@ def load_rng_state_dict(
         restored=tuple(range(both)),
         not_restored=tuple(range(both, size)),
         dropped=tuple(range(both, saved_world_size)),
+        skipped={r: parts for r, (_, _, parts) in enumerate(outcomes) if parts},
     )
     if not report.complete:
-        warnings.warn(str(report), stacklevel=2)
+        warnings.warn(str(report), RngForkWarning, stacklevel=2)
     return report
 
 

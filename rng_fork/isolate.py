@@ -15,7 +15,8 @@ from collections.abc import AsyncGenerator, Callable, Generator, Iterable
 from types import TracebackType
 from typing import Any, Protocol, TypeVar, cast, overload
 
-from ._checks import check_devices, check_seed
+from . import state
+from ._checks import SEED_LIMIT, check_devices, check_seed
 from ._interrupts import protected, release_held, shield, unshield
 from ._swap import Capture, Prepare, SourceSet, enter, homes_above, leave, live_sources, open_layer, restore_all, take
 from .sources import RngSource, generator_sources, is_device_part
@@ -153,39 +154,47 @@ class RngStream:
         parts = None if self._own is None else RngState._trusted(self._own.parts()).state_dict()
         return {"seed": -1 if self.seed is None else self.seed, "started": parts is not None, "state": parts or {}}
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+    def load_state_dict(self, state_dict: dict[str, Any]) -> state.RestoreReport:
         """Continue from a :meth:`state_dict`; validates it fully before changing anything.
 
-        Parts for sources the stream does not cover (other devices) are ignored;
-        a covered source the checkpoint lacks starts from the caller's state at the
-        time of loading.
+        The checkpoint's seed becomes the stream's (a stream that had not started
+        starts from it). Parts for sources the stream does not cover (devices left
+        out by ``devices=``) are ignored; parts of devices this process does not have
+        are skipped and reported, with an :class:`~rng_fork.RngForkWarning`; a
+        covered source the checkpoint lacks starts from the caller's state at the
+        time of loading. Returns a :class:`~rng_fork.RestoreReport`.
 
         Example::
 
             eval_rng = RngStream(seed=0)
             eval_rng.load_state_dict(checkpoint["eval_rng"])
         """
-        from .state import RngState, resolve_targets
+        from .state import RestoreReport, RngState, absent_device, resolve_targets
 
         if not isinstance(state_dict, dict) or not {"seed", "started", "state"} <= set(state_dict):
             raise ValueError("an RngStream state dict needs 'seed', 'started' and 'state' entries")
         started = state_dict["started"]
         if not isinstance(started, bool):
             raise TypeError(f"an RngStream state dict's 'started' must be a bool, not {type(started).__name__}")
+        seed = _saved_seed(state_dict["seed"])
         if self._is_open():
             raise RuntimeError("cannot load the state of an RngStream while it is active")
         if not started:
-            self._own = None
-            return
+            if not isinstance(state_dict["state"], dict) or state_dict["state"]:
+                raise ValueError("an RngStream state dict that has not started has an empty 'state'")
+            self.seed, self._own = seed, None
+            return RestoreReport(())
         snapshot = RngState.from_state_dict(state_dict["state"])
         # Parts of devices the stream does not cover (a checkpoint from a bigger
         # machine) are left out before validation, and never reach the caller's
         # generators. Every other part must fit, as set_rng_state demands.
         covered = {source.name for source in live_sources(self.devices, self._extra)}
-        kept = [name for name in snapshot.names if name in covered or not is_device_part(name)]
+        kept = [name for name in snapshot.names if name in covered or not is_device_part(name) or absent_device(name)]
         snapshot = snapshot._renamed({name: name for name in kept})
-        entries = resolve_targets(snapshot, self._extra, strict=False)
-        self._own = _converted(entries, self.devices, self._swap)
+        targets = resolve_targets(snapshot, self._extra, strict=False)
+        self._own = _converted(targets.entries, self.devices, self._swap)
+        self.seed = seed
+        return targets.report(warn_from=2)
 
     def __repr__(self) -> str:
         return f"RngStream(seed={self.seed}, started={self.started})"
@@ -260,6 +269,17 @@ def _settled_then(prepare: Prepare) -> Prepare:
 def _check_settled_then(prepare: Prepare, capture: Capture) -> None:
     capture.sources.check_settled()
     prepare(capture)
+
+
+def _saved_seed(seed: object) -> int | None:
+    """The seed entry of a stream's state dict: -1 for none, else a seed."""
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"an RngStream state dict's 'seed' must be an int, not {type(seed).__name__}")
+    if seed == -1:
+        return None
+    if not 0 <= seed < SEED_LIMIT:
+        raise ValueError(f"an RngStream state dict's 'seed' must be -1 (none) or in [0, 2**32), got {seed}")
+    return seed
 
 
 @protected

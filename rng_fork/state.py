@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from ._checks import check_seed
 from ._swap import capture_parts, live_sources, plan_for, restore_all
-from .sources import Part, RngSource, codec_for, generator_sources, registered_sources, source_family
+from .errors import RngForkWarning
+from .sources import (
+    Part,
+    RngSource,
+    codec_for,
+    generator_sources,
+    is_device_part,
+    registered_sources,
+    source_family,
+)
 from .sources.objects import GENERATOR_PREFIX
 
 
@@ -157,9 +168,42 @@ def get_rng_state(*, generators: Iterable[object] = ()) -> RngState:
     return RngState.capture(generators)
 
 
+@dataclass(frozen=True)
+class RestoreReport:
+    """What :func:`set_rng_state` (or a stream's ``load_state_dict``) put back.
+
+    ``restored``: the parts put back. With ``strict=False`` only: ``skipped``, the
+    parts of devices this process does not have (a checkpoint from a GPU machine
+    loaded on a CPU one), and ``missing``, the live sources the state had no part
+    for; both keep their states. ``complete`` is true when neither has any.
+
+    Example::
+
+        report = rng_fork.set_rng_state(checkpoint["rng"], strict=False)
+        report.skipped          # ('cuda:0',) on a machine without CUDA
+    """
+
+    restored: tuple[str, ...]
+    skipped: tuple[str, ...] = ()
+    missing: tuple[str, ...] = ()
+
+    @property
+    def complete(self) -> bool:
+        """Whether every part was put back and every live source had one."""
+        return not self.skipped and not self.missing
+
+    def __str__(self) -> str:
+        text = f"restored {', '.join(self.restored) or 'nothing'}"
+        if self.skipped:
+            text += f"; skipped {', '.join(self.skipped)} (no such device in this process)"
+        if self.missing:
+            text += f"; the state has no part for {', '.join(self.missing)}, which kept their states"
+        return text
+
+
 def set_rng_state(
     state: RngState | Mapping[str, Any], *, generators: Iterable[object] = (), strict: bool = True
-) -> None:
+) -> RestoreReport:
     """Put every source back to ``state`` (an :class:`RngState` or its ``state_dict()``).
 
     Every part is validated before any generator changes: a wrong type, a wrong
@@ -170,6 +214,11 @@ def set_rng_state(
     while CUDA is not initialized is queued for its initialization, as
     ``torch.cuda.set_rng_state`` does.
 
+    With ``strict=False``, parts of devices this process does not have (``cuda:0``
+    on a machine without CUDA, ``cuda:3`` on one with two GPUs) are skipped with
+    an :class:`~rng_fork.RngForkWarning`, and sources the state has no part for
+    keep their states; ``strict=True`` refuses both. Returns a :class:`RestoreReport`.
+
     Example::
 
         rng_fork.set_rng_state(checkpoint["rng"], generators=[loader])
@@ -178,22 +227,45 @@ def set_rng_state(
         state = RngState.from_state_dict(state)
     elif not isinstance(state, RngState):
         raise TypeError(f"set_rng_state takes an RngState or its state_dict(), not {type(state).__name__}")
-    restore_all(resolve_targets(state, generator_sources(generators), strict=strict))
+    targets = resolve_targets(state, generator_sources(generators), strict=strict)
+    restore_all(targets.entries)
+    return targets.report(warn_from=2)
+
+
+@dataclass(frozen=True)
+class Targets:
+    """The parts of a snapshot paired with the live sources they go into."""
+
+    entries: list[tuple[RngSource, Part]]
+    skipped: tuple[str, ...]
+    missing: tuple[str, ...]
+
+    def report(self, *, warn_from: int) -> RestoreReport:
+        """The report of restoring :attr:`entries`; warns of skipped parts, ``warn_from`` frames below the user."""
+        report = RestoreReport(tuple(source.name for source, _ in self.entries), self.skipped, self.missing)
+        if self.skipped:
+            warnings.warn(f"rng_fork: {report}", RngForkWarning, stacklevel=warn_from + 1)
+        return report
 
 
 def resolve_targets(
     state: RngState, generators: Iterable[RngSource], *, strict: bool, expected: Iterable[str] | None = None
-) -> list[tuple[RngSource, Part]]:
+) -> Targets:
     """Pair each part of ``state`` with the live source it goes into, validating all of them.
 
     Raises ``TypeError``/``ValueError`` naming the source for a part that has no
-    target, does not fit its target or (with ``strict``) is missing. ``expected``
-    names the sources ``strict`` requires, if not every live one.
+    target, does not fit its target or (with ``strict``) is missing. Without
+    ``strict``, parts of devices this process lacks are skipped instead.
+    ``expected`` names the sources ``strict`` requires, if not every live one.
     """
     extra = {source.name: source for source in generators}
     entries: list[tuple[RngSource, Part]] = []
+    skipped: list[str] = []
     for name, (tag, part) in state._parts.items():
-        target = _target(name, extra)
+        target = _target(name, extra, strict=strict)
+        if target is None:
+            skipped.append(name)
+            continue
         if target.codec.tag != tag:
             raise ValueError(f"RNG source {name!r}: a {tag} state cannot go into it (it takes {target.codec.tag})")
         try:
@@ -201,18 +273,24 @@ def resolve_targets(
         except (TypeError, ValueError) as exc:
             raise _named(name, exc) from None
         entries.append((target, part))
-    if strict:
-        required = [s.name for s in live_sources(None)] if expected is None else list(expected)
-        missing = [name for name in [*required, *extra] if name not in state._parts]
-        if missing:
-            raise ValueError(
-                f"the state has no part for RNG source(s) {', '.join(map(repr, missing))}; "
-                "pass strict=False to restore only the parts it has"
-            )
-    return entries
+    required = [s.name for s in live_sources(None)] if expected is None else list(expected)
+    missing = [name for name in [*required, *extra] if name not in state._parts]
+    if strict and missing:
+        raise ValueError(
+            f"the state has no part for RNG source(s) {', '.join(map(repr, missing))}; "
+            "pass strict=False to restore only the parts it has"
+        )
+    return Targets(entries, tuple(skipped), tuple(missing))
 
 
-def _target(name: str, extra: Mapping[str, RngSource]) -> RngSource:
+def absent_device(name: str) -> bool:
+    """Whether ``name`` is a part of a device this process does not have (``cuda:0`` without CUDA)."""
+    family = source_family(name)
+    return is_device_part(name) and (family is None or family.resolve(name) is None)
+
+
+def _target(name: str, extra: Mapping[str, RngSource], *, strict: bool) -> RngSource | None:
+    """The source a part named ``name`` goes into; None for a device this process lacks, without ``strict``."""
     if name.partition(":")[0] == GENERATOR_PREFIX:
         if name not in extra:
             raise ValueError(
@@ -222,6 +300,13 @@ def _target(name: str, extra: Mapping[str, RngSource]) -> RngSource:
     family = source_family(name)
     target = family.resolve(name) if family is not None else None
     if target is None:
+        if is_device_part(name):
+            if not strict:
+                return None
+            raise ValueError(
+                f"RNG source {name!r} does not exist in this process (no such device); "
+                "pass strict=False to skip the parts of devices it lacks"
+            )
         raise ValueError(f"RNG source {name!r} does not exist in this process")
     return target
 
@@ -251,4 +336,4 @@ def seed_all(seed: int) -> None:
         raise RuntimeError(f"seed_all seeded every other source but not {'; '.join(failed)}")
 
 
-__all__ = ["RngState", "get_rng_state", "seed_all", "set_rng_state"]
+__all__ = ["RestoreReport", "RngState", "get_rng_state", "seed_all", "set_rng_state"]

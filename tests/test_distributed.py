@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
+import rng_fork
 import rng_fork.distributed as rd
 from rng_fork import get_rng_state
 
@@ -105,6 +106,21 @@ def test_one_rank_strict_false_allows_missing_sources(one_rank: None) -> None:
     rd.load_rng_state_dict(sd, strict=False, generators=[g])
     assert draws() == expected
     assert torch.equal(g.get_state(), g_state)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA devices")
+def test_one_rank_skips_and_reports_devices_it_lacks_without_strict(one_rank: None) -> None:
+    sd = rd.rng_state_dict()
+    cuda = {"type": "torch.Generator", "device": "cuda", "state": torch.zeros(16, dtype=torch.uint8)}
+    sd["ranks"][0]["cuda:0"] = cuda
+    expected = draws()
+    with pytest.raises(ValueError, match="'cuda:0' does not exist in this process.*strict=False"):
+        rd.load_rng_state_dict(sd)
+    with pytest.warns(rng_fork.RngForkWarning, match="rank 0 skipped cuda:0 \\(no such device there\\)"):
+        report = rd.load_rng_state_dict(sd, strict=False)
+    assert draws() == expected
+    assert report.skipped == {0: ("cuda:0",)}
+    assert report.restored == (0,) and not report.complete
 
 
 MALFORMED = ["not a dict", "one process's state_dict", "future version", "bool world size", "too few entries",

@@ -564,6 +564,48 @@ def test_stream_checkpoint_round_trip() -> None:
     assert not fresh.started
 
 
+def test_a_loaded_checkpoint_brings_its_seed() -> None:
+    unstarted = RngStream(seed=5).state_dict()
+    stream = RngStream(seed=0)
+    stream.load_state_dict(unstarted)
+    assert stream.seed == 5
+    with stream:
+        got = torch.rand(2)
+    assert torch.equal(got, torch.rand(2, generator=torch.Generator().manual_seed(5)))
+    unseeded = RngStream()
+    unseeded.load_state_dict(RngStream(seed=7).state_dict())
+    assert unseeded.seed == 7
+    seeded = RngStream(seed=7)
+    seeded.load_state_dict(RngStream().state_dict())
+    assert seeded.seed is None
+
+
+@pytest.mark.parametrize(
+    ("seed", "error", "message"),
+    [("garbage", TypeError, "'seed' must be an int, not str"), (True, TypeError, "not bool"),
+     (2**32, ValueError, "-1 \\(none\\) or in \\[0, 2\\*\\*32\\)"), (-2, ValueError, "got -2")],
+)
+def test_a_bad_seed_entry_is_refused_before_anything_changes(seed: object, error: type, message: str) -> None:
+    stream = RngStream(seed=1)
+    with stream:
+        torch.rand(1)
+    own = stream._own
+    for started in (True, False):
+        sd = {**stream.state_dict(), "seed": seed, "started": started}
+        if not started:
+            sd["state"] = {}
+        with pytest.raises(error, match=message):
+            stream.load_state_dict(sd)
+    assert stream._own is own and stream.seed == 1
+
+
+def test_an_unstarted_checkpoint_with_a_state_is_refused() -> None:
+    sd = RngStream(seed=1).state_dict()
+    sd["state"] = rng_fork.get_rng_state().state_dict()
+    with pytest.raises(ValueError, match="has not started"):
+        RngStream(seed=1).load_state_dict(sd)
+
+
 def test_stream_load_validates_before_changing() -> None:
     stream = RngStream(seed=1)
     with stream:
@@ -587,7 +629,8 @@ def test_stream_checkpoint_from_a_machine_with_more_devices_loads() -> None:
     sd = stream.state_dict()
     sd["state"]["cuda:7"] = {"type": "torch.Generator", "device": "cuda", "state": torch.zeros(16, dtype=torch.uint8)}
     restored = RngStream(seed=1, devices=[])
-    restored.load_state_dict(sd)
+    with pytest.warns(rng_fork.RngForkWarning, match="skipped cuda:7"):
+        restored.load_state_dict(sd)
     with stream:
         expected = draw_all()
     with restored:

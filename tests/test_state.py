@@ -6,6 +6,7 @@ import copy
 import io
 import pickle
 import random
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -414,3 +415,62 @@ def test_info_reports_the_fast_path() -> None:
             assert status.startswith("disabled")
         else:
             assert status.startswith(("active", "unavailable"))
+
+
+# --- checkpoints from other machines ---------------------------------------------------
+
+def _with_device_parts(sd: dict[str, Any], *names: str) -> dict[str, Any]:
+    """``sd`` plus parts of CUDA devices (a checkpoint written on a GPU machine)."""
+    cuda = {"type": "torch.Generator", "device": "cuda", "state": torch.zeros(16, dtype=torch.uint8)}
+    return {**sd, **{name: dict(cuda) for name in names}}
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA devices")
+def test_parts_of_devices_this_process_lacks_are_skipped_and_reported_without_strict() -> None:
+    target = get_rng_state()
+    expected = draw_all()
+    sd = _with_device_parts(target.state_dict(), "cuda:0", "cuda:1", "npu:0")
+    torch.rand(5)
+    with pytest.warns(rng_fork.RngForkWarning, match="skipped cuda:0, cuda:1, npu:0"):
+        report = set_rng_state(sd, strict=False)
+    assert draw_all() == expected
+    assert report.restored == ("python", "numpy", "torch")
+    assert report.skipped == ("cuda:0", "cuda:1", "npu:0")
+    assert not report.complete
+    with pytest.raises(ValueError, match="'cuda:0' does not exist.*strict=False"):
+        set_rng_state(sd)
+
+
+def test_a_complete_restore_reports_so_and_does_not_warn() -> None:
+    state = get_rng_state()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        report = set_rng_state(state)
+    assert report.complete and report.restored == state.names
+    partial = set_rng_state(RngState._trusted({"torch": state._parts["torch"]}), strict=False)
+    assert partial.missing == ("python", "numpy") and not partial.complete
+    assert "no part for python, numpy" in str(partial)
+
+
+def test_an_unknown_source_that_is_no_device_is_refused_even_without_strict() -> None:
+    sd = get_rng_state().state_dict()
+    sd["pyhton"] = sd.pop("python")
+    with pytest.raises(ValueError, match="'pyhton' does not exist"):
+        set_rng_state(sd, strict=False)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA devices")
+def test_a_stream_checkpoint_from_a_gpu_machine_loads_and_reports_the_skipped_devices() -> None:
+    saved = RngStream(seed=3)
+    with saved:
+        torch.rand(2)
+    checkpoint = saved.state_dict()
+    checkpoint["state"] = _with_device_parts(checkpoint["state"], "cuda:0")
+    stream = RngStream(seed=3)
+    with pytest.warns(rng_fork.RngForkWarning, match="skipped cuda:0"):
+        report = stream.load_state_dict(checkpoint)
+    assert report.skipped == ("cuda:0",)
+    with saved:
+        expected = torch.rand(3)
+    with stream:
+        assert torch.equal(torch.rand(3), expected)
