@@ -553,3 +553,21 @@ def walk_tb(exc: BaseException) -> Iterator[tuple[FrameType, int]]:
     import traceback
 
     return traceback.walk_tb(exc.__traceback__)
+
+
+def test_a_block_left_in_another_thread_leaves_a_handler_that_passes_everything_on() -> None:
+    def body() -> Iterator[None]:
+        with fork_rng():
+            yield
+
+    steps = body()
+    next(steps)  # entered in the main thread
+    finisher = threading.Thread(target=lambda: next(steps, None))  # left in another, which cannot set handlers
+    finisher.start()
+    finisher.join()
+    assert not _swap._layers and _interrupts.installed()
+    with pytest.raises(KeyboardInterrupt):
+        signal.raise_signal(signal.SIGINT)
+    with fork_rng():
+        pass
+    assert_settled()  # the main thread's next block put the previous handler back
