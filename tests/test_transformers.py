@@ -218,7 +218,7 @@ SCHEDULES: dict[str, dict[str, Any]] = {
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("schedule", ["every_5_steps", "every_epoch"])
+@pytest.mark.parametrize("schedule", list(SCHEDULES))
 def test_evaluation_changes_training_without_isolation(
     schedule: str, tmp_path: Path, baseline: Callable[..., Result]
 ) -> None:
