@@ -1,4 +1,4 @@
-"""The extras stay optional: importing rng_fork never imports IPython, matplotlib or tqdm."""
+"""The extras stay optional: importing rng_fork never imports IPython, matplotlib, tqdm, transformers or accelerate."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ def test_importing_the_package_and_its_command_line_imports_no_extra() -> None:
         "import rng_fork, rng_fork.demo, rng_fork.__main__\n"
         "assert callable(rng_fork.load_ipython_extension)\n"
         "added = set(sys.modules) - before\n"
-        "extras = ('IPython', 'matplotlib', 'tqdm')\n"
+        "extras = ('IPython', 'matplotlib', 'tqdm', 'transformers', 'accelerate')\n"
         "print(sorted(m for m in added if m.split('.')[0] in extras or m == 'torch._dynamo'))\n"
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
