@@ -14,6 +14,7 @@ from .info import info
 from .isolate import RngStream, isolated
 from .sources import Codec, PlainCodec, RngSource, register_source, registered_sources, unregister_source
 from .state import RngState, get_rng_state, seed_all, set_rng_state
+from .trace import RngEvent, RngSummaryRow, trace
 
 __version__ = "0.1.0"
 
@@ -42,11 +43,13 @@ def unload_ipython_extension(ipython: Any) -> None:
 __all__ = [
     "Codec",
     "PlainCodec",
+    "RngEvent",
     "RngForkWarning",
     "RngRestoreError",
     "RngSource",
     "RngState",
     "RngStream",
+    "RngSummaryRow",
     "RngTouchedError",
     "assert_untouched",
     "diff",
@@ -58,5 +61,6 @@ __all__ = [
     "registered_sources",
     "seed_all",
     "set_rng_state",
+    "trace",
     "unregister_source",
 ]
