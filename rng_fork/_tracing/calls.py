@@ -155,13 +155,13 @@ def install_monitoring(sink: Sink) -> Callable[[], None]:
 
 class NumpyLocator:
     """Where the legacy global generator stands, read from memory through the fast path's verified
-    views: its Mersenne Twister position and its Gaussian cache flag (``position`` None without them).
-
-    Any draw moves one of them, except one of exactly 624 words, which the next checkpoint finds.
+    views: its Mersenne Twister position, first key word and Gaussian cache flag (``position`` None
+    without them). Every draw and every seed moves one of them.
     """
 
     def __init__(self) -> None:
         self.position: ctypes.c_int32 | None = None
+        self.first: ctypes.c_uint32 | None = None
         self.gauss: ctypes.c_int | None = None
         from ..sources import _fastpath
 
@@ -173,6 +173,7 @@ class NumpyLocator:
             return
         self._entry = entry  # keeps the bit generator, and so the memory read, alive
         self.position = ctypes.c_int32.from_address(ctypes.addressof(entry.mt) + 624 * 4)
+        self.first = ctypes.c_uint32.from_address(ctypes.addressof(entry.mt))
         self.gauss = entry.has_gauss
 
 
@@ -223,8 +224,9 @@ def _make_profile(
     random_file = _random_file = _RANDOM_FILE
     pending: list[Any] = [None, None]  # the frame and the C function of the call awaiting its return
     position = locator.position if locator is not None else None
-    gauss = locator.gauss if locator is not None else None
-    seen = [position.value if position is not None else 0, gauss.value if gauss is not None else 0]
+    first: Any = locator.first if locator is not None else None
+    gauss: Any = locator.gauss if locator is not None else None
+    seen = [position.value, first.value, gauss.value] if position is not None else [0, 0, 0]
 
     def profile(frame: FrameType, event: str, arg: Any) -> None:
         if closed[0]:  # a thread still running after the trace ended takes its hook off
@@ -253,8 +255,10 @@ def _make_profile(
                     if kind is not None:
                         pending[0], pending[1] = frame, None
                         sink.call(owner_id, frame.f_code.co_name, kind, site_of(caller))
-            if position is not None and (position.value != seen[0] or gauss.value != seen[1]):  # type: ignore[union-attr]
-                seen[0], seen[1] = position.value, gauss.value  # type: ignore[union-attr]
+            if position is not None and (
+                position.value != seen[0] or first.value != seen[1] or gauss.value != seen[2]
+            ):
+                seen[:] = position.value, first.value, gauss.value
                 if not sink.quiet:
                     sink.changed(lambda: site_of(frame))
         except Exception as exc:  # noqa: BLE001 - the traced program must never see the tracer fail

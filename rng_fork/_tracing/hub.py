@@ -74,7 +74,7 @@ class Hub:
                 ids[id(obj)] = 0
                 if isinstance(obj, torch.Generator):
                     ids[id(obj)] = TORCH
-                    cdata.add(obj._cdata)
+                    cdata.add(obj._cdata)  # type: ignore[attr-defined]
             for alias in recorder.aliases():
                 ids[alias] = 0
         self.ids.clear()

@@ -159,6 +159,7 @@ class Recorder:
         now = self.watched.save()
         last = self._last
         pending, self._pending = self._pending, None
+        previous = self._previous  # every unexplained change found now happened after it
         where: Site | None = None
         for name, value in now.items():
             # A source first seen now (a device initialized meanwhile) starts here.
@@ -170,7 +171,7 @@ class Recorder:
             else:
                 if where is None:
                     where = _resolved(here)
-                self._add(Event(name, "unattributed", "", where, self._previous))
+                self._add(Event(name, "unattributed", "", where, previous))
         self._last = now
 
     def _names(self, objects: frozenset[int]) -> set[str]:
