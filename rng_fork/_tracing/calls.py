@@ -189,24 +189,24 @@ def install_profile(sink: Sink, locate_numpy: bool) -> Callable[[], None]:
             RngForkWarning,
             stacklevel=4,
         )
-    here = _make_profile(sink, previous.forward, locator, closed, None)
+    here = _make_profile(sink, previous.forward, locator, closed, previous.restore)
     thread_previous: Any = threading.getprofile() if hasattr(threading, "getprofile") else threading._profile_hook
     sys.setprofile(here)
 
     def start_in_thread(frame: FrameType, event: str, arg: Any) -> None:
         # Each thread gets its own hook (its pending call is its own), chained to threading's previous one.
-        hook = _make_profile(sink, thread_previous, locator, closed, thread_previous)
+        hook = _make_profile(sink, thread_previous, locator, closed, lambda: sys.setprofile(thread_previous))
         sys.setprofile(hook)
         hook(frame, event, arg)
 
     threading.setprofile(start_in_thread)
 
     def uninstall() -> None:
-        closed[0] = True
-        if threading._profile_hook is start_in_thread:
-            threading.setprofile(thread_previous)
         if sys.getprofile() is here:
             previous.restore()
+        if threading._profile_hook is start_in_thread:
+            threading.setprofile(thread_previous)
+        closed[0] = True  # hooks still installed (threads started meanwhile) take themselves off
 
     return uninstall
 
@@ -216,7 +216,7 @@ def _make_profile(
     forward: Callable[..., object] | None,
     locator: NumpyLocator | None,
     closed: list[bool],
-    thread_previous: Any,
+    on_closed: Callable[[], object],
 ) -> Callable[[FrameType, str, Any], None]:
     # Called for every Python call and return and every C call in the program: written for speed
     # (no method calls on the common path, every name a local).
@@ -229,8 +229,8 @@ def _make_profile(
     seen = [position.value, first.value, gauss.value] if position is not None else [0, 0, 0]
 
     def profile(frame: FrameType, event: str, arg: Any) -> None:
-        if closed[0]:  # a thread still running after the trace ended takes its hook off
-            sys.setprofile(thread_previous)
+        if closed[0]:  # still installed after the trace ended (in a thread started meanwhile): off
+            on_closed()
             return
         try:
             if pending[0] is frame:
