@@ -50,31 +50,31 @@ def line_of(fn: Callable[..., object]) -> int:
 
 
 # One line each, so each event's line is the def's.
-def c_rand(): torch.rand(3)  # noqa: E704
-def c_randn(): torch.randn(3)  # noqa: E704
-def c_randint(): torch.randint(0, 5, (3,))  # noqa: E704
-def c_rand_like(): torch.rand_like(X)  # noqa: E704
-def c_randn_like(): torch.randn_like(X)  # noqa: E704
-def c_randperm(): torch.randperm(5)  # noqa: E704
-def c_multinomial(): torch.multinomial(torch.ones(4), 2)  # noqa: E704
-def c_bernoulli(): torch.bernoulli(torch.full((4,), 0.5))  # noqa: E704
-def c_normal(): torch.normal(torch.zeros(3), 1.0)  # noqa: E704
-def c_normal_size(): torch.normal(0.0, 1.0, size=(3,))  # noqa: E704
-def c_random_(): torch.empty(3).random_()  # noqa: E704
-def c_uniform_(): torch.empty(3).uniform_()  # noqa: E704
-def c_normal_(): torch.empty(3).normal_()  # noqa: E704
-def c_bernoulli_(): torch.empty(3).bernoulli_(0.5)  # noqa: E704
-def c_exponential_(): torch.empty(3).exponential_()  # noqa: E704
-def c_dropout(): nn.functional.dropout(X, 0.5, True)  # noqa: E704
-def c_dropout_module(): nn.Dropout(0.5).train()(X)  # noqa: E704
-def c_dropout_no_grad(): torch.no_grad()(nn.functional.dropout)(X, 0.5, True)  # noqa: E704
-def c_init_uniform(): nn.init.uniform_(torch.empty(3))  # noqa: E704
-def c_init_normal(): nn.init.normal_(torch.empty(3))  # noqa: E704
-def c_init_kaiming(): nn.init.kaiming_uniform_(torch.empty(3, 3))  # noqa: E704
-def c_init_orthogonal(): nn.init.orthogonal_(torch.empty(3, 3))  # noqa: E704
-def c_random_sampler(): list(RandomSampler(DATA))  # noqa: E704
-def c_loader_base_seed(): list(DataLoader(DATA))  # noqa: E704
-def c_explicit_default(): torch.rand(3, generator=torch.default_generator)  # noqa: E704
+def c_rand(): torch.rand(3)
+def c_randn(): torch.randn(3)
+def c_randint(): torch.randint(0, 5, (3,))
+def c_rand_like(): torch.rand_like(X)
+def c_randn_like(): torch.randn_like(X)
+def c_randperm(): torch.randperm(5)
+def c_multinomial(): torch.multinomial(torch.ones(4), 2)
+def c_bernoulli(): torch.bernoulli(torch.full((4,), 0.5))
+def c_normal(): torch.normal(torch.zeros(3), 1.0)
+def c_normal_size(): torch.normal(0.0, 1.0, size=(3,))
+def c_random_(): torch.empty(3).random_()
+def c_uniform_(): torch.empty(3).uniform_()
+def c_normal_(): torch.empty(3).normal_()
+def c_bernoulli_(): torch.empty(3).bernoulli_(0.5)
+def c_exponential_(): torch.empty(3).exponential_()
+def c_dropout(): nn.functional.dropout(X, 0.5, True)
+def c_dropout_module(): nn.Dropout(0.5).train()(X)
+def c_dropout_no_grad(): torch.no_grad()(nn.functional.dropout)(X, 0.5, True)
+def c_init_uniform(): nn.init.uniform_(torch.empty(3))
+def c_init_normal(): nn.init.normal_(torch.empty(3))
+def c_init_kaiming(): nn.init.kaiming_uniform_(torch.empty(3, 3))
+def c_init_orthogonal(): nn.init.orthogonal_(torch.empty(3, 3))
+def c_random_sampler(): list(RandomSampler(DATA))
+def c_loader_base_seed(): list(DataLoader(DATA))
+def c_explicit_default(): torch.rand(3, generator=torch.default_generator)
 
 
 COUNTED = [
@@ -241,7 +241,8 @@ def test_a_draw_no_hook_sees_is_an_unattributed_event_between_its_neighbours() -
     middle = tr.events[1:-1]
     assert {e.source for e in middle} == {"torch", "python"}
     torch_middle = next(e for e in middle if e.source == "torch")
-    assert torch_middle.kind == "unattributed" and torch_middle.after == f"{__file__}:{before} in {sys._getframe().f_code.co_name}"
+    assert torch_middle.kind == "unattributed"
+    assert torch_middle.after == f"{__file__}:{before} in {sys._getframe().f_code.co_name}"
 
 
 # --- the guarantee, and tracing changes nothing -----------------------------------------------
@@ -324,7 +325,7 @@ def test_tracing_changes_no_number_of_a_training_loop() -> None:
                 loss.backward()
                 optimizer.step()
                 losses.append(loss.item())
-        return losses + [random.random(), float(np.random.rand()), torch.rand(1).item()]
+        return [*losses, random.random(), float(np.random.rand()), torch.rand(1).item()]
 
     seed_globals(0)
     expected = train()
@@ -383,7 +384,8 @@ def test_traces_nest_in_forks_streams_and_themselves() -> None:
             torch.randn(1)
     assert [(e.source, e.op) for e in in_fork.events] == [("torch", "rand")]
     assert [(e.source, e.op) for e in in_stream.events] == [("python", "random")]
-    assert [(e.source, e.op) for e in inner.events] == [(e.source, e.op) for e in innermost.events] == [("torch", "randn")]
+    assert [(e.source, e.op) for e in inner.events] == [("torch", "randn")]
+    assert [(e.source, e.op) for e in innermost.events] == [("torch", "randn")]
     outer_ops = [(e.source, e.kind, e.op) for e in outer.events]
     # What the fork and the stream put back is a reseed named after them, not an unattributed change.
     assert ("torch", "reseed", "fork_rng.__exit__") in outer_ops

@@ -43,7 +43,7 @@ def test_compiled_code_stays_compiled_and_draws_the_same(backend: str) -> None:
     assert all(torch.equal(a, b) for a, b in zip(untraced, traced))
     # Dynamo compiled the function while the trace was on, rather than running it eagerly.
     assert torch._dynamo.utils.counters["frames"]["ok"] > frames_before
-    assert [(e.source, e.kind, e.op) for e in tr.events][0] == ("torch", "reseed", "manual_seed")
+    assert next((e.source, e.kind, e.op) for e in tr.events) == ("torch", "reseed", "manual_seed")
     draws = tr.events[1:]
     assert {(e.source, e.kind) for e in draws} == {("torch", "draw")}
     # Draws inside compiled code are named at the compiled call's line; the eager rand after them at its own.
@@ -74,7 +74,7 @@ def test_dataloader_workers_draw_the_same_and_the_main_process_draws_are_named()
         for _ in range(2):
             for batch in loader:
                 batches.append(batch)
-        return batches + [torch.rand(3)]
+        return [*batches, torch.rand(3)]
 
     untraced = epochs()
     with trace() as tr:
