@@ -17,6 +17,7 @@ from types import FrameType
 
 _TRACING_DIR = os.path.dirname(os.path.abspath(__file__))
 _PACKAGE_DIR = os.path.dirname(_TRACING_DIR)
+_DEMO = os.path.join(_PACKAGE_DIR, "demo.py")  # a user's program that ships with rng_fork: its lines are shown
 
 
 def _library_dirs() -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
@@ -62,6 +63,8 @@ def _classify(filename: str) -> bool:
         _dirs = _library_dirs()
     packages, stdlib, installed = _dirs
     path = os.path.abspath(filename)
+    if path == _DEMO:
+        return False
     if path.startswith(packages) or os.sep + "torchinductor_" in path:  # Inductor's default cache directory
         return True
     return path.startswith(stdlib) and not path.startswith(installed)

@@ -71,6 +71,7 @@ def run(json_path: str | None, target: list[str]) -> int:
             else:
                 runpy.run_path(script or "", run_name="__main__")
     finally:
+        sys.stdout.flush()  # the script's output first, then the report
         print(tracer.report(), file=sys.stderr)
         if json_path is not None:
             tracer.write_json(json_path)
