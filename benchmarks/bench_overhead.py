@@ -229,7 +229,7 @@ def training_step_rows() -> list[Row]:
     rows compare the steps themselves: what tracing costs a training loop.
     """
     layers: list[torch.nn.Module] = []
-    for width, next_width in zip(MLP, MLP[1:-1]):
+    for width, next_width in itertools.pairwise(MLP[:-1]):
         layers += [torch.nn.Linear(width, next_width), torch.nn.ReLU(), torch.nn.Dropout(0.2)]
     model = torch.nn.Sequential(*layers, torch.nn.Linear(MLP[-2], MLP[-1]))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)

@@ -95,7 +95,8 @@ def test_a_single_epoch_says_why_run_2_matches(capsys: pytest.CaptureFixture[str
     lines = report.splitlines()
     for op, functions in (("random_", ("evaluate",)), ("bernoulli_", ("evaluate", "<listcomp>")),
                           ("randn", ("__getitem__",))):
-        assert any(f"  {op}  " in line and line.endswith(tuple(f"in {f}" for f in functions)) for line in lines), (op, report)
+        ends = tuple(f"in {function}" for function in functions)
+        assert any(f"  {op}  " in line and line.endswith(ends) for line in lines), (op, report)
 
 
 def test_plot_writes_an_800x450_png(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

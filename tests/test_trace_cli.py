@@ -72,9 +72,20 @@ def test_a_module_runs_as_python_dash_m_does(tmp_path: Path) -> None:
     assert f"{os.path.join('pkg', 'job.py')}:4 in <module>" in done.stderr
 
 
-@pytest.mark.slow
-def test_without_a_script_it_says_how_to_call_it(tmp_path: Path) -> None:
-    done = run(cwd=tmp_path)
-    assert done.returncode == 2 and "usage: python -m rng_fork trace" in done.stderr
-    missing = run("nowhere.py", cwd=tmp_path)
-    assert missing.returncode == 2 and "nowhere.py" in missing.stderr
+def test_without_a_script_it_says_how_to_call_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from rng_fork.__main__ import main
+
+    assert main(["trace"]) == 2
+    assert "usage: python -m rng_fork trace" in capsys.readouterr().err
+    assert main(["trace", "--json", str(tmp_path / "x.json"), str(tmp_path / "nowhere.py")]) == 2
+    assert "nowhere.py" in capsys.readouterr().err
+
+
+def test_options_end_where_the_script_begins() -> None:
+    from rng_fork._tracing.script import split
+
+    assert split(["--json", "out.json", "train.py", "--json", "theirs"]) == (
+        ["--json", "out.json"], ["train.py", "--json", "theirs"]
+    )
+    assert split(["-m", "pkg.job", "-m", "x"]) == ([], ["-m", "pkg.job", "-m", "x"])
+    assert split(["--json=o.json", "--", "-odd.py"]) == (["--json=o.json"], ["-odd.py"])
