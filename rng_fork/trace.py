@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import os
 import sys
-import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from ._swap import ThreadStack
 from .sources import generator_objects, generator_sources
 
 KINDS = ("draw", "reseed", "unattributed")
@@ -60,7 +60,13 @@ class RngEvent:
 
 @dataclass(frozen=True)
 class RngSummaryRow:
-    """Events grouped by (source, kind, op, filename, lineno), with how many there were."""
+    """Events grouped by (source, kind, op, filename, lineno), with how many there were.
+
+    Example::
+
+        top = tr.summary()[0]
+        print(f"{top.count} x {top.op} from {top.source} at {top.filename}:{top.lineno}")
+    """
 
     source: str
     kind: str
@@ -100,8 +106,7 @@ class trace:  # noqa: N801 - used like a function, as contextlib's helpers are
         self._generators = generator_objects(generators)
         self._extra = generator_sources(self._generators)
         self._aliases = aliases
-        self._lock = threading.Lock()
-        self._open: list[Any] = []
+        self._open: ThreadStack[Any] = ThreadStack()  # the recorders open, per thread
         self.events: list[RngEvent] = []
         self.failure: BaseException | None = None
         """An error inside the tracer's hooks, if one happened (the program itself went on untouched)."""
@@ -113,8 +118,7 @@ class trace:  # noqa: N801 - used like a function, as contextlib's helpers are
 
         recorder = Recorder(self._extra, site_of(sys._getframe(1)), self._aliases)
         hub.add(recorder)
-        with self._lock:
-            self._open.append(recorder)
+        self._open.push(recorder)
         return self
 
     def __exit__(
@@ -123,10 +127,9 @@ class trace:  # noqa: N801 - used like a function, as contextlib's helpers are
         from ._tracing.frames import site_of
         from ._tracing.hub import hub
 
-        with self._lock:
-            if not self._open:
-                raise RuntimeError("rng_fork.trace exited more often than it was entered")
-            recorder = self._open.pop()
+        recorder = self._open.pop_own()
+        if recorder is None:
+            raise RuntimeError("rng_fork.trace exited more often than it was entered")
         try:
             hub.remove(recorder, site_of(sys._getframe(1)))
         finally:
@@ -152,7 +155,12 @@ class trace:  # noqa: N801 - used like a function, as contextlib's helpers are
         return sorted(rows, key=lambda r: (-r.count, order[(r.source, r.kind, r.op, r.filename, r.lineno)]))
 
     def changed_sources(self) -> list[str]:
-        """The sources named by at least one event, in order of first appearance."""
+        """The sources named by at least one event, in order of first appearance.
+
+        Example::
+
+            assert tr.changed_sources() == ["torch"]
+        """
         return list(dict.fromkeys(event.source for event in self.events))
 
     def report(self, *, labels: Mapping[str, str] | None = None) -> str:
@@ -167,14 +175,24 @@ class trace:  # noqa: N801 - used like a function, as contextlib's helpers are
         return format_report(self.summary(), labels=labels, failure=self.failure)
 
     def to_json(self) -> dict[str, Any]:
-        """The events and the summary as plain data (what ``python -m rng_fork trace --json`` writes)."""
+        """The events and the summary as plain data (what ``python -m rng_fork trace --json`` writes).
+
+        Example::
+
+            json.dumps(tr.to_json())
+        """
         return {
             "events": [{**asdict(event), "stack": list(event.stack)} for event in self.events],
             "summary": [asdict(row) for row in self.summary()],
         }
 
     def write_json(self, path: str | os.PathLike[str]) -> None:
-        """Write :meth:`to_json` to ``path``."""
+        """Write :meth:`to_json` to ``path``.
+
+        Example::
+
+            tr.write_json("rng_events.json")
+        """
         Path(path).write_text(json.dumps(self.to_json(), indent=2) + "\n", encoding="utf-8")
 
 
@@ -207,7 +225,12 @@ def _where(row: RngSummaryRow, labels: Mapping[str, str] | None) -> str:
 def format_report(
     rows: list[RngSummaryRow], *, labels: Mapping[str, str] | None = None, failure: BaseException | None = None
 ) -> str:
-    """The table :meth:`trace.report` prints, from summary rows."""
+    """The table :meth:`trace.report` prints, from summary rows.
+
+    Example::
+
+        print(format_report(tr.summary()))
+    """
     if not rows:
         lines = ["rng_fork.trace: no generator was consumed or changed"]
     else:
