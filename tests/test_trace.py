@@ -301,7 +301,7 @@ def test_random_programs_name_every_changed_source_and_draw_the_same() -> None:
     from hypothesis import given, settings
     from hypothesis import strategies as st
 
-    @settings(max_examples=40, deadline=None, derandomize=True)
+    @settings(max_examples=30, deadline=None, derandomize=True)
     @given(st.lists(st.sampled_from(sorted(ACTIONS)), max_size=8), st.integers(0, 2**32 - 1))
     def check(program: list[str], seed: int) -> None:
         rng_fork.seed_all(seed)
