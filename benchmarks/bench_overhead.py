@@ -22,6 +22,7 @@ of this checkout is measured. See ``benchmarks/README.md``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import itertools
 import json
@@ -65,6 +66,8 @@ class Row:
     n: int = 0
     samples: list[float] = field(default_factory=list)
     timed: Callable[[int], int] | None = None
+    around: str = "_nullcontext()"
+    """A context manager the N executions of a round run inside (entered and left outside the timing)."""
 
     @property
     def ok(self) -> bool:
@@ -74,12 +77,18 @@ class Row:
         """Build ``timed(n)``: run the statement n times, return the elapsed nanoseconds."""
         source = (
             "def _timed(_n, _timer=_perf_counter_ns, _repeat=_repeat):\n"
-            "    _t0 = _timer()\n"
-            "    for _ in _repeat(None, _n):\n"
-            f"{textwrap.indent(self.stmt, ' ' * 8)}\n"
-            "    return _timer() - _t0\n"
+            f"    with {self.around}:\n"
+            "        _t0 = _timer()\n"
+            "        for _ in _repeat(None, _n):\n"
+            f"{textwrap.indent(self.stmt, ' ' * 12)}\n"
+            "        return _timer() - _t0\n"
         )
-        namespace = {**self.namespace, "_perf_counter_ns": time.perf_counter_ns, "_repeat": itertools.repeat}
+        namespace = {
+            **self.namespace,
+            "_perf_counter_ns": time.perf_counter_ns,
+            "_repeat": itertools.repeat,
+            "_nullcontext": contextlib.nullcontext,
+        }
         exec(compile(source, f"<row {self.key}>", "exec"), namespace)
         self.timed = namespace["_timed"]
 
@@ -204,7 +213,41 @@ def cpu_rows(isolate_rng: Callable[..., Any] | None) -> list[Row]:
         stream = stream_type(seed=0)
         name = "with stream: (stream = RngStream(seed=0))"
         rows.append(Row("RngStream.enter_exit", name, cm_stmt("stream"), {"stream": stream}))
+    if hasattr(rng_fork, "trace"):
+        rows += training_step_rows()
     return rows
+
+
+MLP = (64, 256, 256, 10)
+"""The training step's MLP: layer widths, with dropout after each hidden layer."""
+
+
+def training_step_rows() -> list[Row]:
+    """One SGD step of a small MLP with dropout on a batch of 64, plain and inside ``rng_fork.trace()``.
+
+    The trace is entered before a round's executions and left after them, so the
+    rows compare the steps themselves: what tracing costs a training loop.
+    """
+    layers: list[torch.nn.Module] = []
+    for width, next_width in itertools.pairwise(MLP[:-1]):
+        layers += [torch.nn.Linear(width, next_width), torch.nn.ReLU(), torch.nn.Dropout(0.2)]
+    model = torch.nn.Sequential(*layers, torch.nn.Linear(MLP[-2], MLP[-1]))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    generator = torch.Generator().manual_seed(0)  # the data is the same in every run, and draws nothing global
+    x, y = torch.randn(64, MLP[0], generator=generator), torch.randint(0, MLP[-1], (64,), generator=generator)
+
+    def step() -> None:
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+
+    widths = "-".join(map(str, MLP))
+    namespace = {"step": step, "rng_fork": rng_fork}
+    return [
+        Row("train.step", f"MLP {widths} step (dropout, batch 64)", "step()", namespace),
+        Row("train.step.traced", "the same step inside rng_fork.trace()", "step()", namespace,
+            around="rng_fork.trace()"),
+    ]
 
 
 def gpu_rows(isolate_rng: Callable[..., Any] | None, count: int) -> list[Row]:
@@ -354,6 +397,7 @@ def environment(lightning: str | None) -> dict[str, Any]:
         "rng_fork_path": str(Path(rng_fork.__file__).resolve().parent),
         "has_isolated": hasattr(rng_fork, "isolated"),
         "has_RngStream": hasattr(rng_fork, "RngStream"),
+        "has_trace": hasattr(rng_fork, "trace"),
         "fast_path": fast or None,
         "RNG_FORK_PORTABLE": os.environ.get("RNG_FORK_PORTABLE"),
     }
@@ -383,6 +427,7 @@ def cpu_targets(rows: dict[str, Row]) -> list[Target]:
     fork, torch_fork = _min(rows, "rng_fork.fork_rng"), _min(rows, REFERENCE)
     isolate = _min(rows, "lightning.isolate_rng")
     call, step = _min(rows, "isolated.call"), _min(rows, "isolated.gen_step")
+    plain_step, traced_step = _min(rows, "train.step"), _min(rows, "train.step.traced")
     assert fork is not None
     targets = [
         ratio_target(
@@ -419,6 +464,15 @@ def cpu_targets(rows: dict[str, Row]) -> list[Target]:
             2.5,
             "step / fork_rng",
             "rng_fork has no isolated",
+        )
+    )
+    targets.append(
+        ratio_target(
+            "traced training step <= 3x untraced",
+            traced_step / plain_step if traced_step is not None and plain_step else None,
+            3.0,
+            "traced / untraced step",
+            "rng_fork has no trace",
         )
     )
     return targets
@@ -566,6 +620,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         mode = f"gpu ({count} x {torch.cuda.get_device_name(0)})"
     else:
         count = 0
+        # One intra-op thread: the training-step rows' small matrices are fastest so, and two
+        # threads contending on a busy 2-core machine made them noisy by a factor of ten.
+        torch.set_num_threads(1)
         rows = cpu_rows(isolate_rng)
         reference = REFERENCE
         mode = "cpu" + (" (CUDA present, not initialized)" if torch.cuda.is_available() else "")

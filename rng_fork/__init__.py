@@ -14,6 +14,7 @@ from .info import info
 from .isolate import RngStream, isolated
 from .sources import Codec, PlainCodec, RngSource, register_source, registered_sources, unregister_source
 from .state import RestoreReport, RngState, get_rng_state, seed_all, set_rng_state
+from .trace import RngEvent, RngSummaryRow, trace
 
 __version__ = "0.1.0"
 
@@ -43,11 +44,13 @@ __all__ = [
     "Codec",
     "PlainCodec",
     "RestoreReport",
+    "RngEvent",
     "RngForkWarning",
     "RngRestoreError",
     "RngSource",
     "RngState",
     "RngStream",
+    "RngSummaryRow",
     "RngTouchedError",
     "assert_untouched",
     "diff",
@@ -59,5 +62,6 @@ __all__ = [
     "registered_sources",
     "seed_all",
     "set_rng_state",
+    "trace",
     "unregister_source",
 ]

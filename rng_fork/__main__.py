@@ -1,8 +1,9 @@
-"""``python -m rng_fork``: the command line; ``demo`` is its one command.
+"""``python -m rng_fork``: the command line: ``demo`` and ``trace``.
 
 Example::
 
     $ python -m rng_fork demo --epochs 5 --workers 2 --plot demo.png
+    $ python -m rng_fork trace train.py --lr 0.1        # which lines drew from which generator
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from . import demo
+from ._tracing import script
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,12 +29,26 @@ def build_parser() -> argparse.ArgumentParser:
         description=(demo.__doc__ or "").split("\n\n")[0].replace("``", ""),
     )
     demo.add_arguments(demo_parser)
+    trace_parser = commands.add_parser(
+        "trace",
+        help="run a script (or -m MODULE) as __main__ and report which lines drew from which generator",
+        description="Run SCRIPT (or -m MODULE) as __main__ under rng_fork.trace(); print, at its end, which "
+        "lines drew from which generator. The exit status is the script's.",
+        usage=script.USAGE,
+    )
+    script.add_arguments(trace_parser)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "trace":
+        # Everything from the script on is the script's own, options included.
+        own, target = script.split(argv[1:])
+        args = parser.parse_args(["trace", *own])
+        return script.run(args.json, target)
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()

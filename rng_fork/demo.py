@@ -10,7 +10,9 @@ Training uses dropout, random augmentation and a shuffled ``DataLoader`` with
 worker processes; evaluation iterates a test ``DataLoader`` and uses
 Monte-Carlo dropout, so it draws from torch's global generator. Run 2 therefore
 shuffles and draws differently from run 1 from the second epoch on; run 3 must
-reproduce run 1 bit for bit, and the exit status says whether it did.
+reproduce run 1 bit for bit, and the exit status says whether it did. Run 2's
+evaluations run under ``rng_fork.trace()``, which changes none of its numbers,
+and the demo prints which of their lines drew from which generator.
 
 Example::
 
@@ -35,6 +37,7 @@ from torch.utils.data import DataLoader, Dataset
 from ._checks import check_seed
 from .fork import fork_rng
 from .state import seed_all
+from .trace import trace
 
 FEATURES = 16
 CLASSES = 3
@@ -359,13 +362,18 @@ def run(args: argparse.Namespace) -> int:
         f"training on {TRAIN_SIZE} samples with dropout, random jitter and shuffling; "
         f"evaluation: Monte-Carlo dropout on {TEST_SIZE} test samples"
     )
-    runs = train_three_runs(args.epochs, args.seed, args.workers)
+    tracer = trace()
+    runs = train_three_runs(args.epochs, args.seed, args.workers, tracer=tracer)
     print()
     print("mean training loss per epoch ('same' = equal bit for bit to run 1):")
     print(format_table(runs))
     print()
     reference, plain, forked = runs
     print(_how_plain_differs(reference, plain))
+    print()
+    print("what run 2's evaluations drew, all epochs together (rng_fork.trace):")
+    print(tracer.report())
+    print()
     if args.plot is not None:
         save_plot(runs, args.plot)
         print(f"plot written to {args.plot}")
@@ -376,9 +384,10 @@ def run(args: argparse.Namespace) -> int:
     return 1
 
 
-def train_three_runs(epochs: int, seed: int, workers: int) -> list[Run]:
-    """Runs 1, 2 and 3, with a progress bar over all their epochs."""
-    evaluations: tuple[Callable[[], AbstractContextManager[Any]] | None, ...] = (None, nullcontext, _forked)
+def train_three_runs(epochs: int, seed: int, workers: int, *, tracer: trace | None = None) -> list[Run]:
+    """Runs 1, 2 and 3, with a progress bar over all their epochs; run 2 evaluates inside ``tracer``, if given."""
+    plain: Callable[[], AbstractContextManager[Any]] = nullcontext if tracer is None else lambda: tracer
+    evaluations: tuple[Callable[[], AbstractContextManager[Any]] | None, ...] = (None, plain, _forked)
     bar = progress_bar(total=len(RUNS) * epochs)
     threads = torch.get_num_threads()
     # The model is tiny: more threads only contend with each other and with the

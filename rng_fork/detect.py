@@ -13,6 +13,7 @@ from ._swap import ThreadStack
 from .errors import RngTouchedError
 from .sources import generator_objects, generator_sources
 from .state import RngState
+from .trace import trace
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -41,23 +42,31 @@ class assert_untouched:  # noqa: N801 - used like a function, as contextlib's he
     For tests that promise "this logging code consumes no randomness". Works as
     a context manager and as a decorator (on functions and coroutine functions).
     The error names each source that changed: ``"python"``, ``"numpy"``,
-    ``"torch"``, ``"cuda:0"``, ``"generator:0"``, ...
+    ``"torch"``, ``"cuda:0"``, ``"generator:0"``, ...; with ``explain=True`` the
+    block runs under :func:`rng_fork.trace` and the message also lists, per
+    changed source, the ``file:line`` and op of each consumption.
 
     Example::
 
-        with assert_untouched(generators=[train_loader]):
+        with assert_untouched(generators=[train_loader], explain=True):
             log_metrics(model)
     """
 
-    def __init__(self, *, generators: Iterable[object] = ()) -> None:
+    def __init__(self, *, generators: Iterable[object] = (), explain: bool = False) -> None:
         # Checked here, not at exit; kept as the generator objects themselves, so a
         # loader is not iterated again (nor a one-shot iterable exhausted) at every entry.
         self._generators = generator_objects(generators)
         generator_sources(self._generators)
-        self._open: ThreadStack[RngState] = ThreadStack()
+        if explain is not True and explain is not False:
+            raise TypeError(f"explain must be a bool, not {type(explain).__name__}")
+        self._explain = explain
+        self._open: ThreadStack[tuple[RngState, trace | None]] = ThreadStack()
 
     def __enter__(self) -> assert_untouched:
-        self._open.push(RngState.capture(self._generators))
+        tracer = trace(generators=self._generators) if self._explain else None
+        self._open.push((RngState.capture(self._generators), tracer))
+        if tracer is not None:
+            tracer.__enter__()
         return self
 
     def __exit__(
@@ -66,14 +75,17 @@ class assert_untouched:  # noqa: N801 - used like a function, as contextlib's he
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        before = self._open.pop_own()
-        if before is None:
+        opened = self._open.pop_own()
+        if opened is None:
             raise RuntimeError("assert_untouched exited in a thread that did not enter it")
+        before, tracer = opened
+        if tracer is not None:
+            tracer.__exit__(exc_type, exc, traceback)
         if exc is not None:
             return  # the block's own error matters more
         changed = diff(before, RngState.capture(self._generators))
         if changed:
-            raise RngTouchedError(changed)
+            raise RngTouchedError(changed, explanation=None if tracer is None else _explanation(tracer, changed))
 
     def __call__(self, fn: F) -> F:
         """Use as a decorator: each call must leave every source untouched."""
@@ -110,3 +122,18 @@ class assert_untouched:  # noqa: N801 - used like a function, as contextlib's he
     async def _checked(self, coroutine: Coroutine[Any, Any, Any]) -> Any:
         with self:
             return await coroutine
+
+
+def _explanation(tracer: trace, changed: list[str]) -> str:
+    """Per changed source, where the block consumed it: ``file:line in function: op (kind) xN``."""
+    lines = []
+    for source in changed:
+        rows = [row for row in tracer.summary() if row.source == source]
+        lines.append(f"  {source}:")
+        if not rows:
+            lines.append("    (no event: it changed and changed back, or where no hook and no checkpoint saw it)")
+        for row in rows:
+            count = f" x{row.count}" if row.count > 1 else ""
+            what = row.op or "changed where no hook saw the call"
+            lines.append(f"    {row.filename}:{row.lineno} in {row.function}: {what} ({row.kind}){count}")
+    return "\n".join(lines)

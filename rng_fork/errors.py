@@ -29,7 +29,8 @@ class RngRestoreError(RuntimeError):
 class RngTouchedError(AssertionError):
     """Raised by :func:`rng_fork.assert_untouched` when a block consumed randomness.
 
-    ``sources`` lists the names of the sources that changed.
+    ``sources`` lists the names of the sources that changed; ``explanation``
+    (with ``assert_untouched(explain=True)``) says where each was consumed.
 
     Example::
 
@@ -38,9 +39,11 @@ class RngTouchedError(AssertionError):
                 torch.rand(1)
     """
 
-    def __init__(self, sources: list[str]) -> None:
+    def __init__(self, sources: list[str], explanation: str | None = None) -> None:
         self.sources = list(sources)
-        super().__init__(f"the block consumed or changed randomness of: {', '.join(self.sources)}")
+        self.explanation = explanation
+        message = f"the block consumed or changed randomness of: {', '.join(self.sources)}"
+        super().__init__(message if explanation is None else f"{message}\n{explanation}")
 
 
 class RngForkWarning(UserWarning):

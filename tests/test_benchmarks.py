@@ -26,6 +26,7 @@ BASE_ROWS = {
 }
 ISOLATED_ROWS = {"bare.call", "isolated.call", "bare.gen_step", "isolated.gen_step"}
 STREAM_ROWS = {"RngStream.enter_exit"}
+TRACE_ROWS = {"train.step", "train.step.traced"}
 
 
 def run_quick(tmp_path: Path, *command: str) -> dict[str, Any]:
@@ -56,6 +57,8 @@ def test_quick_run_reports_every_row(tmp_path: Path) -> None:
         expected |= ISOLATED_ROWS
     if env["has_RngStream"]:
         expected |= STREAM_ROWS
+    if env["has_trace"]:
+        expected |= TRACE_ROWS
     assert set(rows) == expected
 
     for key, row in rows.items():
@@ -67,8 +70,9 @@ def test_quick_run_reports_every_row(tmp_path: Path) -> None:
         assert row["iterations_per_round"] >= 1, row
 
     names = {target["name"]: target["verdict"] for target in report["targets"]}
-    assert len(names) == 4 and set(names.values()) <= {"PASS", "FAIL", "SKIP"}
+    assert len(names) == 5 and set(names.values()) <= {"PASS", "FAIL", "SKIP"}
     assert names["fork_rng() <= 1.5x torch.random.fork_rng()"] in {"PASS", "FAIL"}
+    assert names["traced training step <= 3x untraced"] in {"PASS", "FAIL"}
     if env["has_isolated"]:
         assert {d["name"] for d in report["derived"]} == {
             "@isolated call minus bare call",

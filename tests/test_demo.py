@@ -90,6 +90,13 @@ def test_a_single_epoch_says_why_run_2_matches(capsys: pytest.CaptureFixture[str
     out = capsys.readouterr().out
     assert table_rows(out)["weights"] == ["same", "same"]
     assert "its effect shows from --epochs 2 on" in out
+    # Which of run 2's evaluation lines drew: the test loader's base seed, Monte-Carlo dropout, the jitter.
+    report = out[out.index("what run 2's evaluations drew"):]
+    lines = report.splitlines()
+    for op, functions in (("random_", ("evaluate",)), ("bernoulli_", ("evaluate", "<listcomp>")),
+                          ("randn", ("__getitem__",))):
+        ends = tuple(f"in {function}" for function in functions)
+        assert any(f"  {op}  " in line and line.endswith(ends) for line in lines), (op, report)
 
 
 def test_plot_writes_an_800x450_png(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

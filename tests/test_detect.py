@@ -152,3 +152,31 @@ def test_diff() -> None:
     assert diff(get_rng_state(), with_gen) == ["generator:0"]
     with pytest.raises(TypeError):
         diff(a, {})  # type: ignore[arg-type]
+
+
+def test_explain_lists_each_consumption_per_changed_source() -> None:
+    import sys
+
+    with pytest.raises(RngTouchedError) as caught:
+        with assert_untouched(explain=True):
+            torch.rand(1); line = sys._getframe().f_lineno  # noqa: E702
+            random.random()
+            random.random()
+    message = str(caught.value)
+    assert caught.value.sources == ["python", "torch"]
+    assert f"{__file__}:{line} in test_explain_lists_each_consumption_per_changed_source: rand (draw)" in message
+    assert f"{__file__}:{line + 1} in" in message and "random (draw)" in message
+    assert message.index("  python:") < message.index("  torch:")
+
+
+def test_without_explain_the_message_stays_as_it_was() -> None:
+    with pytest.raises(RngTouchedError) as caught:
+        with assert_untouched():
+            torch.rand(1)
+    assert str(caught.value) == "the block consumed or changed randomness of: torch"
+    assert caught.value.explanation is None
+
+
+def test_explain_must_be_a_bool() -> None:
+    with pytest.raises(TypeError, match="explain must be a bool"):
+        assert_untouched(explain=1)  # type: ignore[arg-type]

@@ -233,3 +233,42 @@ def test_unload_and_reload(shell: InteractiveShell) -> None:
     assert shell.find_cell_magic("fork_rng") is None
     shell.run_line_magic("load_ext", "rng_fork")
     assert shell.find_cell_magic("fork_rng") is not None
+
+
+def test_rng_trace_reports_the_cells_lines_and_keeps_its_draws(
+    shell: InteractiveShell, capsys: pytest.CaptureFixture[str]
+) -> None:
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    value = ok(cell(shell, "%%rng_trace\nimport torch, random\nx = torch.rand(3)\nrandom.random()\nx\n"))
+    assert torch.equal(value, expected)
+    assert not torch.equal(torch.rand(3), expected)  # the cell's draws stay: nothing was forked
+    report = capsys.readouterr().out
+    number = shell.execution_count - 1
+    assert f"draw  rand  Cell In[{number}]:3 in <module>" in report
+    assert f"Cell In[{number}]:4 in <module>" in report and "random" in report
+
+
+def test_fork_rng_trace_forks_and_reports(shell: InteractiveShell, capsys: pytest.CaptureFixture[str]) -> None:
+    expected = draw_all()
+    seed_globals(1234)
+    ok(cell(shell, "%%fork_rng --trace\n" + DRAW_EVERYTHING))
+    assert draw_all() == expected
+    report = capsys.readouterr().out
+    assert "torch (1 event(s))" in report and "python (1 event(s))" in report and "numpy (1 event(s))" in report
+    assert "fork_rng" not in report  # the fork's own restore happens after the trace
+
+
+def test_rng_trace_reports_also_when_the_cell_fails(
+    shell: InteractiveShell, capsys: pytest.CaptureFixture[str]
+) -> None:
+    result = cell(shell, "%%rng_trace\nimport torch\ntorch.rand(1)\nraise ValueError('cell')\n")
+    assert not result.success
+    assert "torch (1 event(s))" in capsys.readouterr().out
+
+
+def test_rng_trace_refuses_unknown_generators(shell: InteractiveShell) -> None:
+    result = cell(shell, "%%rng_trace --generators nowhere\n1\n")
+    assert not result.success
+    assert "%%rng_trace: --generators names 'nowhere'" in str(result.error_in_exec)
