@@ -19,7 +19,9 @@ import numpy as np
 import torch
 
 from . import _fastpath
+from . import bit_generator_states as bgs
 from .base import Codec, Part, Plain, PlainCodec, RngSource, Savers
+from .bit_generator_states import SEED_SEQ
 
 _MT_WORDS = 624
 _MT_BYTES = _MT_WORDS * 4
@@ -299,65 +301,9 @@ class RandomStateSource(_ObjectSource[np.random.RandomState]):
 # --- NumPy BitGenerators (behind numpy.random.Generator) ---------------------
 
 
-def _freeze(value: object) -> Part:
-    """A bit generator's state dict as nested tuples, so it hashes and compares."""
-    if isinstance(value, dict):
-        return ("dict", tuple((str(k), _freeze(v)) for k, v in value.items()))
-    if isinstance(value, list):
-        return ("list", tuple(_freeze(v) for v in value))
-    if isinstance(value, np.ndarray):
-        return ("ndarray", value.dtype.str, tuple(value.shape), value.tobytes())
-    if isinstance(value, (np.integer, np.floating)):
-        return value.item()
-    if isinstance(value, (int, float, str)) or value is None:
-        return value
-    raise TypeError(f"unexpected {type(value).__name__} in a bit generator state")
-
-
-def _thaw(frozen: Any) -> Any:
-    if isinstance(frozen, tuple) and frozen and frozen[0] == "dict":
-        return {k: _thaw(v) for k, v in frozen[1]}
-    if isinstance(frozen, tuple) and frozen and frozen[0] == "list":
-        return [_thaw(v) for v in frozen[1]]
-    if isinstance(frozen, tuple) and frozen and frozen[0] == "ndarray":
-        _, dtype, shape, data = frozen
-        return np.frombuffer(data, dtype=np.dtype(dtype)).reshape(shape).copy()
-    return frozen
-
-
-def _to_plain_tree(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _to_plain_tree(v) for k, v in value.items()}
-    if isinstance(value, np.ndarray):
-        return {"__ndarray__": value.dtype.str, "shape": list(value.shape), "values": value.ravel().tolist()}
-    return value
-
-
-def _from_plain_tree(value: Any) -> Any:
-    if isinstance(value, dict) and "__ndarray__" in value:
-        array_ = np.array(value["values"], dtype=np.dtype(value["__ndarray__"]))
-        return array_.reshape(value["shape"])
-    if isinstance(value, dict):
-        return {k: _from_plain_tree(v) for k, v in value.items()}
-    return value
-
-
-def _bit_generator_class(state: Any) -> type[np.random.BitGenerator]:
-    name = state.get("bit_generator") if isinstance(state, dict) else None
-    cls = getattr(np.random, name, None) if isinstance(name, str) else None
-    if not (isinstance(cls, type) and issubclass(cls, np.random.BitGenerator)):
-        raise ValueError(f"unknown bit generator {name!r}")
-    return cls
-
-
-SEED_SEQ = "rng_fork.seed_seq"
-"""The key a part adds to NumPy's state dict: the bit generator's ``SeedSequence``
-(``Generator.spawn`` moves its child counter alone; a seed replaces it)."""
-
-
 @functools.cache
 def _seed_seq_settable() -> bool:
-    """Whether a bit generator's SeedSequence can be replaced (``__setstate__((state, seed_seq))``, NumPy 1.25+)."""
+    """Whether a bit generator's SeedSequence can be replaced (``__setstate__((state, seed_seq))``, NumPy 2.0+)."""
     probe = np.random.PCG64(0)
     try:
         _load_with_seed_seq(probe, probe.state, np.random.SeedSequence(0, n_children_spawned=1))
@@ -374,92 +320,35 @@ def _load_with_seed_seq(bit_generator: np.random.BitGenerator, state: Mapping[st
 def _seed_seq_of(bit_generator: np.random.BitGenerator) -> dict[str, Any] | None:
     """The bit generator's SeedSequence as plain data, where NumPy lets it be put back."""
     seed_seq = bit_generator.seed_seq if _seed_seq_settable() else None
-    return _seed_seq_plain(seed_seq) if isinstance(seed_seq, np.random.SeedSequence) else None
-
-
-def _seed_seq_plain(seed_seq: np.random.SeedSequence) -> dict[str, Any]:
-    entropy: Any = seed_seq.entropy
-    if isinstance(entropy, (int, np.integer)):
-        entropy = int(entropy)
-    elif entropy is not None:
-        entropy = [int(e) for e in entropy]
-    return {
-        "entropy": entropy,
-        "spawn_key": [int(k) for k in seed_seq.spawn_key],
-        "pool_size": int(seed_seq.pool_size),
-        "n_children_spawned": int(seed_seq.n_children_spawned),
-    }
-
-
-def _natural(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
-def _seed_seq_from(plain: Any) -> np.random.SeedSequence:
-    if not isinstance(plain, dict) or set(plain) != {"entropy", "spawn_key", "pool_size", "n_children_spawned"}:
-        raise ValueError(f"{SEED_SEQ} must hold entropy, spawn_key, pool_size and n_children_spawned")
-    entropy, spawn_key = plain["entropy"], plain["spawn_key"]
-    entropy_ok = _natural(entropy) or (isinstance(entropy, list) and all(map(_natural, entropy)))
-    if not entropy_ok:
-        raise ValueError(f"{SEED_SEQ} entropy must be an int >= 0 or a list of them, got {entropy!r}")
-    if not (isinstance(spawn_key, list) and all(map(_natural, spawn_key))):
-        raise ValueError(f"{SEED_SEQ} spawn_key must be a list of ints >= 0, got {spawn_key!r}")
-    for key in ("pool_size", "n_children_spawned"):
-        if not _natural(plain[key]):
-            raise ValueError(f"{SEED_SEQ} {key} must be an int >= 0, got {plain[key]!r}")
-    try:
-        return np.random.SeedSequence(
-            entropy, spawn_key=tuple(spawn_key), pool_size=plain["pool_size"],
-            n_children_spawned=plain["n_children_spawned"],
-        )
-    except (TypeError, ValueError, OverflowError) as exc:
-        raise ValueError(f"{SEED_SEQ}: {exc}") from None
-
-
-def _with_children(seed_seq: np.random.SeedSequence, spawned: int) -> np.random.SeedSequence:
-    """``seed_seq`` as it was when it had spawned ``spawned`` children (the counter is read-only)."""
-    if seed_seq.n_children_spawned == spawned:
-        return seed_seq
-    return np.random.SeedSequence(
-        seed_seq.entropy, spawn_key=seed_seq.spawn_key, pool_size=seed_seq.pool_size, n_children_spawned=spawned
-    )
+    return bgs.seed_seq_plain(seed_seq) if isinstance(seed_seq, np.random.SeedSequence) else None
 
 
 def _split_seed_seq(part: Part) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """NumPy's state dict and the SeedSequence entry of a part (None if it has none)."""
-    state = _thaw(part)
+    state = bgs.thaw(part)
     seed_seq = state.pop(SEED_SEQ, None) if isinstance(state, dict) else None
     return state, seed_seq
 
 
 class BitGeneratorCodec(Codec):
     """Parts of a NumPy ``BitGenerator``: its ``state`` dict, frozen into tuples, plus its
-    ``SeedSequence`` (whose child counter ``Generator.spawn`` moves) where NumPy can put one back."""
+    ``SeedSequence`` (whose child counter ``Generator.spawn`` moves) where NumPy can put one back.
+
+    Every field is checked against the shape of its class's state (see
+    :mod:`~rng_fork.sources.bit_generator_states`) before NumPy sees it.
+    """
 
     tag = "numpy.random.BitGenerator"
 
     def check(self, part: object) -> Part:
-        try:
-            state, seed_seq = _split_seed_seq(part)
-            # A scratch instance of the same class validates the state exactly,
-            # with NumPy's own rules, without touching the user's generator.
-            _bit_generator_class(state)().state = state
-            if seed_seq is not None:
-                _seed_seq_from(seed_seq)
-        except (TypeError, ValueError, KeyError, IndexError) as exc:
-            raise ValueError(f"not a valid bit generator state: {exc}") from None
-        return part
+        return bgs.freeze(bgs.checked_state(bgs.thaw(part)))
 
     def to_plain(self, part: Part) -> Plain:
-        return {"state": _to_plain_tree(_thaw(part))}
+        return {"state": bgs.to_plain_tree(bgs.thaw(part))}
 
     def from_plain(self, plain: Mapping[str, Any]) -> Part:
-        state = _need(plain, "state", dict)
-        try:
-            frozen = _freeze(_from_plain_tree(state))
-        except (TypeError, ValueError, KeyError) as exc:
-            raise ValueError(f"not a valid bit generator state: {exc}") from None
-        return self.check(frozen)
+        state = bgs.from_plain_tree(_need(plain, "state", Mapping))
+        return bgs.freeze(bgs.checked_state(state))
 
 
 class BitGeneratorSource(_ObjectSource[np.random.BitGenerator]):
@@ -479,10 +368,10 @@ class BitGeneratorSource(_ObjectSource[np.random.BitGenerator]):
 
     def restore(self, part: Part) -> None:
         state, seed_seq = _split_seed_seq(part)
-        if seed_seq is None or _seed_seq_of(self.obj) == seed_seq:
+        if _seed_seq_of(self.obj) == seed_seq:
             self.obj.state = state
-        else:
-            _load_with_seed_seq(self.obj, state, _seed_seq_from(seed_seq))
+        else:  # a part without one was taken from a bit generator without one (legacy seeding)
+            _load_with_seed_seq(self.obj, state, None if seed_seq is None else bgs.seed_seq_from(seed_seq))
 
     def savers(self) -> Savers:
         return self._save, self._load
@@ -508,16 +397,16 @@ class BitGeneratorSource(_ObjectSource[np.random.BitGenerator]):
         if current is seed_seq and (spawned is None or current.n_children_spawned == spawned):
             bit_generator.state = state
         else:
-            kept = seed_seq if spawned is None else _with_children(seed_seq, spawned)
+            kept = seed_seq if spawned is None else bgs.with_children(seed_seq, spawned)
             _load_with_seed_seq(bit_generator, state, kept)
 
     def part_of(self, saved: Any) -> Part:
         if not isinstance(saved, tuple):  # the state alone, where NumPy cannot put a SeedSequence back
-            return _freeze(saved)
+            return bgs.freeze(saved)
         state, seed_seq, spawned = saved
         if spawned is None:  # no SeedSequence that NumPy could be given back
-            return _freeze(state)
-        return _freeze({**state, SEED_SEQ: _seed_seq_plain(_with_children(seed_seq, spawned))})
+            return bgs.freeze(state)
+        return bgs.freeze({**state, SEED_SEQ: bgs.seed_seq_plain(bgs.with_children(seed_seq, spawned))})
 
     def seed(self, seed: int) -> None:
         fresh = type(self.obj)(seed)
