@@ -9,7 +9,6 @@ a user's own generator and the global one are saved by one piece of code.
 from __future__ import annotations
 
 import functools
-import math
 import random
 import struct
 from collections.abc import Mapping
@@ -61,22 +60,59 @@ def _words_to_plain(words: bytes) -> torch.Tensor:
     return torch.tensor(struct.unpack(f"<{_MT_WORDS}I", words), dtype=torch.int64)
 
 
-def _check_gauss(value: object, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, float) or not math.isfinite(value):
-        raise ValueError(f"{what} must be a finite float")
+_F64 = struct.Struct("<d")
+_C_INT = (-(2**31), 2**31 - 1)
+
+
+def _float_bits(value: float) -> bytes:
+    """A float as a part holds it: its 8 IEEE-754 bytes, so NaN equals itself and -0.0 differs from 0.0."""
+    return _F64.pack(value)
+
+
+def _float_of(bits: bytes) -> float:
+    value: float = _F64.unpack(bits)[0]
     return value
 
 
-# --- Python's random.Random --------------------------------------------------
+def _check_float_bits(value: object, what: str) -> None:
+    if not isinstance(value, bytes) or len(value) != _F64.size:
+        raise TypeError(f"{what} must be a float's {_F64.size} bytes")
 
-PythonPart = _fastpath.PyCapture
-"""``(raw, gauss_next)``: raw is the int32 index then the 624 uint32 words, little-endian."""
+
+def _plain_float(plain: Mapping[str, Any], key: str) -> float:
+    value = _need(plain, key, (int, float))
+    try:
+        return float(value)
+    except OverflowError:
+        raise ValueError(f"entry {key!r} is too large for a float") from None
+
+
+# --- Python's random.Random ---------------------------------------------------
+
+PythonPart = tuple[bytes, Any]
+"""``(raw, gauss_next)``: raw is the int32 index then the 624 uint32 words, little-endian; gauss_next
+is None, an int or a float's 8 bytes (``random.gauss`` returns ``mu + gauss_next * sigma``, of either type)."""
 
 _RAW_BYTES = _MT_BYTES + 4
 
 
 def _raw_position(raw: bytes, at: int) -> int:
     return int.from_bytes(raw[at : at + 4], "little", signed=True)
+
+
+def _python_part(captured: _fastpath.PyCapture, name: str) -> PythonPart:
+    """The part for a state in the fast path's form, whose gauss_next is the object itself."""
+    raw, gauss = captured
+    if type(gauss) is float:
+        return (raw, _float_bits(gauss))
+    if gauss is None or isinstance(gauss, int):  # a bool draws as the int it equals
+        return (raw, None if gauss is None else int(gauss))
+    raise TypeError(f"{name}: gauss_next is a {type(gauss).__name__}; snapshots keep None, an int or a float")
+
+
+def _python_captured(part: PythonPart) -> _fastpath.PyCapture:
+    raw, gauss = part
+    return (raw, _float_of(gauss) if isinstance(gauss, bytes) else gauss)
 
 
 class PythonRandomCodec(Codec):
@@ -92,12 +128,12 @@ class PythonRandomCodec(Codec):
             raise ValueError(f"a random.Random state needs {_RAW_BYTES} raw bytes")
         if not 0 <= _raw_position(raw, 0) <= _MT_WORDS:
             raise ValueError(f"a random.Random index must be in [0, {_MT_WORDS}]")
-        if gauss is not None:
-            _check_gauss(gauss, "a random.Random gauss_next")
+        if not (gauss is None or type(gauss) is int):
+            _check_float_bits(gauss, "a random.Random gauss_next that is not None or an int")
         return part
 
     def to_plain(self, part: Part) -> Plain:
-        raw, gauss = cast(PythonPart, part)
+        raw, gauss = _python_captured(cast(PythonPart, part))
         return {
             "words": _words_to_plain(raw[4:]),
             "index": _raw_position(raw, 0),
@@ -111,8 +147,9 @@ class PythonRandomCodec(Codec):
         if not 0 <= index <= _MT_WORDS:
             raise ValueError(f"a random.Random index must be in [0, {_MT_WORDS}]")
         has_gauss = _need(plain, "has_gauss", bool)
-        gauss = float(_need(plain, "gauss", (int, float)))
-        return self.check((index.to_bytes(4, "little", signed=True) + words, gauss if has_gauss else None))
+        gauss = _need(plain, "gauss", (int, float))  # an int stays one: random.gauss would return an int
+        raw = index.to_bytes(4, "little", signed=True) + words
+        return self.check(_python_part((raw, gauss if has_gauss else None), "gauss"))
 
 
 class _ObjectSource(RngSource, Generic[T]):
@@ -139,16 +176,16 @@ class PythonRandomSource(_ObjectSource[random.Random]):
     codec = PythonRandomCodec()
 
     def capture(self) -> Part:
-        return _fastpath.capture_python(self.obj)
+        return _python_part(_fastpath.capture_python(self.obj), self.name)
 
     def restore(self, part: Part) -> None:
-        _fastpath.restore_python(self.obj, part)  # type: ignore[arg-type]
+        _fastpath.restore_python(self.obj, _python_captured(cast(PythonPart, part)))
 
     def savers(self) -> _fastpath.PySavers:
         return _fastpath.python_savers(self.obj)
 
     def part_of(self, saved: Any) -> Part:
-        return _fastpath.python_part(saved)
+        return _python_part(_fastpath.python_part(saved), self.name)
 
     def seed(self, seed: int) -> None:
         self.obj.seed(seed)
@@ -205,8 +242,20 @@ class RandomSubclassSource(_ObjectSource[random.Random]):
 
 # --- NumPy's legacy RandomState ----------------------------------------------
 
-NumpyPart = _fastpath.NpCapture
-"""``(raw, has_gauss, gauss)``: raw is the 624 uint32 key words then the int32 position, little-endian."""
+NumpyPart = tuple[bytes, int, bytes]
+"""``(raw, has_gauss, gauss)``: raw is the 624 uint32 key words then the int32 position, little-endian;
+has_gauss the C int NumPy keeps (nonzero: a Gaussian is cached, so 2 draws as 1 does), gauss the
+cached double's 8 bytes."""
+
+
+def _numpy_part(captured: _fastpath.NpCapture) -> NumpyPart:
+    raw, has_gauss, gauss = captured
+    return (raw, has_gauss, _float_bits(gauss))
+
+
+def _numpy_captured(part: NumpyPart) -> _fastpath.NpCapture:
+    raw, has_gauss, gauss = part
+    return (raw, has_gauss, _float_of(gauss))
 
 
 class RandomStateCodec(Codec):
@@ -222,17 +271,20 @@ class RandomStateCodec(Codec):
             raise ValueError(f"a RandomState state needs {_RAW_BYTES} raw bytes")
         if not 0 <= _raw_position(raw, _MT_BYTES) <= _MT_WORDS:
             raise ValueError(f"a RandomState pos must be in [0, {_MT_WORDS}]")
-        if has_gauss not in (0, 1) or isinstance(has_gauss, bool):
-            raise ValueError("a RandomState has_gauss must be 0 or 1")
-        _check_gauss(gauss, "a RandomState cached gaussian")
+        if type(has_gauss) is not int:
+            raise TypeError(f"a RandomState has_gauss must be an int, not {type(has_gauss).__name__}")
+        if not _C_INT[0] <= has_gauss <= _C_INT[1]:
+            raise ValueError("a RandomState has_gauss must fit in a C int")
+        _check_float_bits(gauss, "a RandomState cached gaussian")
         return part
 
     def to_plain(self, part: Part) -> Plain:
-        raw, has_gauss, gauss = cast(NumpyPart, part)
+        raw, has_gauss, gauss = _numpy_captured(cast(NumpyPart, part))
         return {
             "key": _words_to_plain(raw[:_MT_BYTES]),
             "pos": _raw_position(raw, _MT_BYTES),
-            "has_gauss": bool(has_gauss),
+            # A bool, as NumPy's own states have it; another int NumPy keeps, as it is.
+            "has_gauss": bool(has_gauss) if has_gauss in (0, 1) else has_gauss,
             "gauss": gauss,
         }
 
@@ -241,9 +293,9 @@ class RandomStateCodec(Codec):
         pos = _need(plain, "pos", int)
         if not 0 <= pos <= _MT_WORDS:
             raise ValueError(f"a RandomState pos must be in [0, {_MT_WORDS}]")
-        has_gauss = int(_need(plain, "has_gauss", bool))
-        gauss = float(_need(plain, "gauss", (int, float)))
-        return self.check((key + pos.to_bytes(4, "little", signed=True), has_gauss, gauss))
+        has_gauss = int(_need(plain, "has_gauss", (bool, int)))
+        gauss = _plain_float(plain, "gauss")
+        return self.check((key + pos.to_bytes(4, "little", signed=True), has_gauss, _float_bits(gauss)))
 
 
 class RandomStateSource(_ObjectSource[np.random.RandomState]):
@@ -268,15 +320,15 @@ class RandomStateSource(_ObjectSource[np.random.RandomState]):
 
     def capture(self) -> Part:
         self._refuse_other_bit_generators(self.obj._bit_generator)
-        return _fastpath.capture_numpy(self.obj)
+        return _numpy_part(_fastpath.capture_numpy(self.obj))
 
     def part_of(self, saved: Any) -> Part:
         if len(saved) == 2:  # (bit generator, state): the form saved for any bit generator
             self._refuse_other_bit_generators(saved[0])
-        return _fastpath.numpy_part(saved)
+        return _numpy_part(_fastpath.numpy_part(saved))
 
     def restore(self, part: Part) -> None:
-        _fastpath.restore_numpy(self.obj, part)  # type: ignore[arg-type]
+        _fastpath.restore_numpy(self.obj, _numpy_captured(cast(NumpyPart, part)))
 
     def savers(self) -> Savers:
         return _fastpath.numpy_savers(self.obj)
