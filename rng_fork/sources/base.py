@@ -17,6 +17,9 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any, Protocol, cast
 
+import numpy as np
+import torch
+
 Part = Hashable
 """What a source's ``capture`` returns: immutable, comparable, picklable."""
 
@@ -59,6 +62,7 @@ class PlainCodec(Codec):
         self.tag = tag
 
     def check(self, part: object) -> Part:
+        _check_value(part, self.tag)
         try:
             hash(part)  # all the way down: a tuple holding a list is not hashable either
         except TypeError:
@@ -73,6 +77,23 @@ class PlainCodec(Codec):
             raise ValueError(f"a {self.tag} state needs a 'value' entry")
         value = plain["value"]
         return self.check(tuple(value) if isinstance(value, list) else value)
+
+
+_MAX_DEPTH = 100
+
+
+def _check_value(part: object, tag: str) -> None:
+    """Refuse what a value cannot hold: containers nested deeper than CPython hashes
+    without overflowing its stack, and arrays, whose ``==`` compares element by element."""
+    pending = [(part, 0)]
+    while pending:
+        value, depth = pending.pop()
+        if isinstance(value, (tuple, frozenset)):
+            if depth >= _MAX_DEPTH:
+                raise ValueError(f"a {tag} state must not nest deeper than {_MAX_DEPTH} levels")
+            pending.extend((item, depth + 1) for item in value)
+        elif isinstance(value, (np.ndarray, torch.Tensor)):
+            raise TypeError(f"a {tag} state must be a value, not a {type(value).__name__}")
 
 
 class LazyGuard(Protocol):

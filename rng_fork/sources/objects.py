@@ -8,6 +8,8 @@ a user's own generator and the global one are saved by one piece of code.
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import functools
 import random
 import struct
@@ -39,12 +41,27 @@ def _need(plain: Mapping[str, Any], key: str, kind: type | tuple[type, ...]) -> 
     return value
 
 
+_INTEGER_DTYPES = frozenset(
+    {torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8, torch.uint16, torch.uint32, torch.uint64}
+)
+
+
+def _dense(value: torch.Tensor, key: str) -> torch.Tensor:
+    """A checkpoint's tensor as plain CPU memory; ``TypeError`` for one without such values
+    (sparse, nested, on the meta device)."""
+    if value.layout != torch.strided or value.is_nested or value.device.type == "meta":
+        raise TypeError(f"entry {key!r} must be a dense tensor with data, not a {value.layout} one on {value.device}")
+    return value.detach().resolve_conj().resolve_neg().cpu()
+
+
 def _words_from_plain(value: object, key: str) -> bytes:
     """MT19937 words stored as an int64 tensor (or list) back to 2,496 bytes."""
     if isinstance(value, torch.Tensor):
-        if value.dtype.is_floating_point or value.dtype.is_complex or value.dim() != 1:
+        if value.dtype not in _INTEGER_DTYPES or value.dim() != 1:
             raise TypeError(f"entry {key!r} must be a 1-d integer tensor")
-        values = value.tolist()
+        if value.numel() != _MT_WORDS:
+            raise ValueError(f"entry {key!r} must hold {_MT_WORDS} words, got {value.numel()}")
+        values = _dense(value, key).tolist()
     elif isinstance(value, (list, tuple)):
         values = list(value)
     else:
@@ -194,6 +211,25 @@ class PythonRandomSource(_ObjectSource[random.Random]):
         return {**super().describe(), "fast_path": _fastpath.fast_path_info()["python"]}
 
 
+def _scratch_instance(obj: random.Random) -> random.Random:
+    """A new instance of ``obj``'s class, built without its ``__init__``, holding copies of its attributes.
+
+    An attribute that cannot be deep-copied (a lock, say) is shared: ``setstate`` is not
+    expected to change such a thing.
+    """
+    cls = type(obj)
+    try:
+        scratch = cls.__new__(cls)
+    except Exception as exc:  # noqa: BLE001 - any failure means: no scratch instance to try states on
+        raise TypeError(f"cannot make a scratch {cls.__qualname__} to check a state on: {exc}") from None
+    attributes = vars(scratch)
+    for name, value in vars(obj).items():
+        attributes[name] = value
+        with contextlib.suppress(Exception):  # not copyable: shared, see above
+            attributes[name] = copy.deepcopy(value)
+    return scratch
+
+
 class RandomSubclassSource(_ObjectSource[random.Random]):
     """A ``random.Random`` subclass with its own ``getstate``/``setstate``: a generator
     "of your own devising" (as the random module's docs put it), or one that keeps
@@ -229,6 +265,13 @@ class RandomSubclassSource(_ObjectSource[random.Random]):
             raise ValueError("expected a (class, state) pair")
         if part[0] != self._kind():
             raise ValueError(f"a {part[0]} state cannot go into a {self._kind()}")
+        # Only the class's own setstate knows its states: it tries this one on a scratch
+        # instance first, so that one it refuses changes nothing.
+        scratch = _scratch_instance(self.obj)
+        try:
+            scratch.setstate(part[1])
+        except Exception as exc:  # noqa: BLE001 - whatever setstate raises, the state is not one it takes
+            raise ValueError(f"{self._kind()}.setstate refuses this state: {type(exc).__name__}: {exc}") from None
 
     def savers(self) -> Savers:
         return self.obj.getstate, self.obj.setstate
@@ -532,8 +575,12 @@ class TorchGeneratorCodec(Codec):
         if not isinstance(part, TorchState):
             raise TypeError(f"a torch.Generator state must be a TorchState, not {type(part).__name__}")
         device_type, tensor = part.device_type, part.tensor
+        if not isinstance(device_type, str) or not isinstance(tensor, torch.Tensor):
+            raise TypeError("a TorchState holds a device type name and a tensor")
         if tensor.dtype != torch.uint8 or tensor.dim() != 1 or tensor.device.type != "cpu":
             raise TypeError("a torch.Generator state must be a 1-d uint8 CPU tensor")
+        if tensor.layout != torch.strided or tensor.is_nested or tensor.is_neg() or tensor.is_conj():
+            raise TypeError("a torch.Generator state must be a dense tensor, not a view or a sparse one")
         size = tensor.numel()
         if device_type == "cpu":
             expected = _cpu_state_size()
@@ -562,7 +609,7 @@ class TorchGeneratorCodec(Codec):
         state = _need(plain, "state", torch.Tensor)
         if state.dtype != torch.uint8 or state.dim() != 1:
             raise TypeError(f"entry 'state' must be a 1-d uint8 tensor, got {state.dtype} with {state.dim()} dims")
-        return self.check(TorchState(device_type, state.detach().cpu().clone()))
+        return self.check(TorchState(device_type, _dense(state, "state").clone()))
 
 
 GRAPH_CAPTURE_HELP = (
