@@ -73,9 +73,11 @@ _MAX_WORDS = 624  # the longest array a state holds: MT19937's key
 
 # SeedSequence bounds. NumPy's own sequences have pool_size 4 (8 is the other size its
 # documentation suggests), 4 words of fresh entropy, one spawn-key word per generation of
-# spawn(), and a uint32 child counter; loading the largest allowed one takes a few ms.
+# spawn(), and a uint32 child counter; loading the largest allowed one takes a few ms. The
+# counter stays below 2**31: NumPy's spawn() loops forever once it would reach 2**32.
 MAX_POOL_SIZE = 1024
 MAX_SEED_WORDS = 1024
+MAX_CHILDREN_SPAWNED = 2**31 - 1
 _SEED_SEQ_KEYS = ("entropy", "spawn_key", "pool_size", "n_children_spawned")
 
 
@@ -248,7 +250,7 @@ def checked_seed_seq(plain: object) -> dict[str, Any]:
     for key, value in (("entropy", entropy), ("spawn_key", spawn_key)):
         if _words(value) > MAX_SEED_WORDS:
             raise ValueError(f"{SEED_SEQ} {key} must fit in {MAX_SEED_WORDS} 32-bit words")
-    bounds = {"pool_size": (4, MAX_POOL_SIZE), "n_children_spawned": (0, 2**32 - 1)}
+    bounds = {"pool_size": (4, MAX_POOL_SIZE), "n_children_spawned": (0, MAX_CHILDREN_SPAWNED)}
     for key, (low, high) in bounds.items():
         value = plain[key]
         if type(value) is not int or not low <= value <= high:
