@@ -467,3 +467,19 @@ def test_a_stream_keeps_a_nan_cache() -> None:
     restored.load_state_dict(through_torch_save(stream.state_dict()))
     with restored:
         assert math.isnan(random.gauss(0, 1))
+
+
+# --- the NumPy floor ---------------------------------------------------------------------
+
+
+@pytest.mark.slow  # a fresh interpreter
+def test_numpy_before_2_0_is_refused_at_import() -> None:
+    # Before 2.0 NumPy cannot put a bit generator's SeedSequence back: Generator.spawn in a fork would leak.
+    import subprocess
+    import sys
+
+    code = "import numpy; numpy.__version__ = '1.26.4'; import rng_fork"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode != 0
+    assert "ImportError: rng_fork needs NumPy 2.0 or later, not 1.26.4" in result.stderr
+

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import functools
 import random
 import struct
 from collections.abc import Mapping
@@ -396,25 +395,22 @@ class RandomStateSource(_ObjectSource[np.random.RandomState]):
 # --- NumPy BitGenerators (behind numpy.random.Generator) ---------------------
 
 
-@functools.cache
-def _seed_seq_settable() -> bool:
-    """Whether a bit generator's SeedSequence can be replaced (``__setstate__((state, seed_seq))``, NumPy 2.0+)."""
-    probe = np.random.PCG64(0)
-    try:
-        _load_with_seed_seq(probe, probe.state, np.random.SeedSequence(0, n_children_spawned=1))
-    except (TypeError, ValueError, KeyError):
-        return False
-    return bool(getattr(probe.seed_seq, "n_children_spawned", None) == 1)
+if np.lib.NumpyVersion(np.__version__) < "2.0.0":
+    raise ImportError(
+        f"rng_fork needs NumPy 2.0 or later, not {np.__version__}: older NumPy cannot put a bit generator's "
+        "SeedSequence back, so Generator.spawn inside a fork would leak out of it"
+    )
 
 
 def _load_with_seed_seq(bit_generator: np.random.BitGenerator, state: Mapping[str, Any], seed_seq: object) -> None:
-    # The only way NumPy offers to replace a bit generator's SeedSequence: its unpickling.
+    # The only way NumPy offers to replace a bit generator's SeedSequence: its unpickling
+    # (``__setstate__((state, seed_seq))``, NumPy 2.0 and later).
     cast(Any, bit_generator).__setstate__((state, seed_seq))
 
 
 def _seed_seq_of(bit_generator: np.random.BitGenerator) -> dict[str, Any] | None:
-    """The bit generator's SeedSequence as plain data, where NumPy lets it be put back."""
-    seed_seq = bit_generator.seed_seq if _seed_seq_settable() else None
+    """The bit generator's SeedSequence as plain data (None if it has none)."""
+    seed_seq = bit_generator.seed_seq
     return bgs.seed_seq_plain(seed_seq) if isinstance(seed_seq, np.random.SeedSequence) else None
 
 
@@ -427,7 +423,7 @@ def _split_seed_seq(part: Part) -> tuple[dict[str, Any], dict[str, Any] | None]:
 
 class BitGeneratorCodec(Codec):
     """Parts of a NumPy ``BitGenerator``: its ``state`` dict, frozen into tuples, plus its
-    ``SeedSequence`` (whose child counter ``Generator.spawn`` moves) where NumPy can put one back.
+    ``SeedSequence`` (whose child counter ``Generator.spawn`` moves), if it has one.
 
     Every field is checked against the shape of its class's state (see
     :mod:`~rng_fork.sources.bit_generator_states`) before NumPy sees it.
@@ -472,21 +468,15 @@ class BitGeneratorSource(_ObjectSource[np.random.BitGenerator]):
         return self._save, self._load
 
     def _save(self) -> Any:
-        # The state and, where NumPy can put one back, the SeedSequence object (None
-        # after legacy seeding) with its count, not a plain copy: a fork rebuilds
-        # nothing unless a block spawned or reseeded.
+        # The state and the SeedSequence object (None after legacy seeding) with its
+        # count, not a plain copy: a fork rebuilds nothing unless a block spawned or reseeded.
         bit_generator = self.obj
-        if not _seed_seq_settable():
-            return bit_generator.state
         seed_seq = bit_generator.seed_seq
         spawned = seed_seq.n_children_spawned if isinstance(seed_seq, np.random.SeedSequence) else None
         return bit_generator.state, seed_seq, spawned
 
     def _load(self, saved: Any) -> None:
         bit_generator = self.obj
-        if not isinstance(saved, tuple):
-            bit_generator.state = saved
-            return
         state, seed_seq, spawned = saved
         current = bit_generator.seed_seq
         if current is seed_seq and (spawned is None or current.n_children_spawned == spawned):
@@ -496,8 +486,6 @@ class BitGeneratorSource(_ObjectSource[np.random.BitGenerator]):
             _load_with_seed_seq(bit_generator, state, kept)
 
     def part_of(self, saved: Any) -> Part:
-        if not isinstance(saved, tuple):  # the state alone, where NumPy cannot put a SeedSequence back
-            return bgs.freeze(saved)
         state, seed_seq, spawned = saved
         if spawned is None:  # no SeedSequence that NumPy could be given back
             return bgs.freeze(state)
@@ -505,19 +493,13 @@ class BitGeneratorSource(_ObjectSource[np.random.BitGenerator]):
 
     def seed(self, seed: int) -> None:
         fresh = type(self.obj)(seed)
-        if _seed_seq_settable():
-            _load_with_seed_seq(self.obj, fresh.state, fresh.seed_seq)  # later children follow the seed
-        else:
-            self.obj.state = fresh.state
+        _load_with_seed_seq(self.obj, fresh.state, fresh.seed_seq)  # later children follow the seed
 
     def check_target(self, part: Part) -> None:
         wanted = type(self.obj).__name__
-        state, seed_seq = _split_seed_seq(part)
-        got = state.get("bit_generator")
+        got = _split_seed_seq(part)[0].get("bit_generator")
         if got != wanted:
             raise ValueError(f"a {got} state cannot go into a {wanted}")
-        if seed_seq is not None and not _seed_seq_settable():
-            raise ValueError("this NumPy cannot put back a bit generator's SeedSequence (NumPy 1.25 and later can)")
 
 
 # --- torch.Generator ---------------------------------------------------------
