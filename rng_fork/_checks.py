@@ -29,6 +29,17 @@ def check_seed(seed: object, *, allow_none: bool = True) -> int | None:
     return value
 
 
+def short_repr(value: object) -> str:
+    """``repr(value)`` for a message about bad input: short, and never failing (an int too long
+    for ``repr``, a list nested too deeply) whatever the input."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
+        return f"an int of {value.bit_length()} bits"
+    if value is None or isinstance(value, (int, float, str, bool)):
+        text = repr(value)
+        return text if len(text) <= 40 else text[:37] + "..."
+    return f"a {type(value).__name__}"
+
+
 def check_devices(devices: Iterable[object] | None) -> tuple[int, ...] | None:
     """Normalise ``devices=`` to a tuple of device indices, or None for "every device".
 

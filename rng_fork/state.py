@@ -7,7 +7,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ._checks import check_seed
+from ._checks import check_seed, short_repr
 from ._swap import capture_parts, live_sources, plan_for, restore_all
 from .errors import RngForkWarning
 from .sources import (
@@ -58,7 +58,7 @@ class RngState:
             tag, part = entry
             codec = codec_for(tag) if isinstance(tag, str) else None
             if codec is None:
-                raise ValueError(f"RNG source {name!r}: unknown state type {tag!r}")
+                raise ValueError(f"RNG source {name!r}: unknown state type {short_repr(tag)}")
             try:
                 checked[name] = (tag, codec.check(part))
             except (TypeError, ValueError) as exc:
@@ -142,7 +142,7 @@ class RngState:
             tag = plain.get("type")
             codec = codec_for(tag) if isinstance(tag, str) else None
             if codec is None:
-                raise ValueError(f"RNG source {name!r}: unknown state type {tag!r}")
+                raise ValueError(f"RNG source {name!r}: unknown state type {short_repr(tag)}")
             try:
                 parts[name] = (codec.tag, codec.from_plain(plain))
             except (TypeError, ValueError) as exc:

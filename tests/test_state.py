@@ -131,12 +131,15 @@ def _corruptions() -> list[tuple[str, Any, type[Exception], str]]:
     del d["numpy"]["gauss"]
     cases.append(("numpy entry missing", d, ValueError, "numpy"))
     d = sd()
-    d["numpy"]["has_gauss"] = 1
-    cases.append(("numpy has_gauss not a bool", d, TypeError, "numpy"))
+    d["numpy"]["has_gauss"] = 1.0
+    cases.append(("numpy has_gauss not a bool or int", d, TypeError, "numpy"))
     d = sd()
-    d["python"]["gauss"] = float("nan")
+    d["numpy"]["has_gauss"] = 2**31
+    cases.append(("numpy has_gauss beyond a C int", d, ValueError, "numpy"))
+    d = sd()
+    d["python"]["gauss"] = "0.5"
     d["python"]["has_gauss"] = True
-    cases.append(("python gauss not finite", d, ValueError, "python"))
+    cases.append(("python gauss not a number", d, TypeError, "python"))
     d = sd()
     d["jax"] = {"type": "jax.Key", "value": 1}
     cases.append(("unknown type", d, ValueError, "jax"))

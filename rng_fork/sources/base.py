@@ -13,9 +13,14 @@ value, not a view of live generators.
 
 from __future__ import annotations
 
+import operator
+import struct
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any, Protocol, cast
+
+import numpy as np
+import torch
 
 Part = Hashable
 """What a source's ``capture`` returns: immutable, comparable, picklable."""
@@ -59,11 +64,12 @@ class PlainCodec(Codec):
         self.tag = tag
 
     def check(self, part: object) -> Part:
+        value = _plain_value(part, self.tag)
         try:
-            hash(part)  # all the way down: a tuple holding a list is not hashable either
+            hash(value)  # all the way down: a tuple holding a list is not hashable either
         except TypeError:
             raise TypeError(f"a {self.tag} state must be hashable, not {type(part).__name__}") from None
-        return part
+        return cast(Part, value)
 
     def to_plain(self, part: Part) -> Plain:
         return {"value": part}
@@ -73,6 +79,31 @@ class PlainCodec(Codec):
             raise ValueError(f"a {self.tag} state needs a 'value' entry")
         value = plain["value"]
         return self.check(tuple(value) if isinstance(value, list) else value)
+
+
+_MAX_DEPTH = 100
+_NANS: dict[bytes, float] = {}
+
+
+def _plain_value(value: object, tag: str, depth: int = 0) -> Any:
+    """``value`` with every NaN in it replaced by one shared object per bit pattern, so that a state
+    holding one equals its own copies (tuples compare items by identity first; NaN != NaN).
+
+    Refuses what a value cannot hold: arrays, whose ``==`` compares element by element, and
+    containers nested deeper than CPython hashes without overflowing its stack.
+    """
+    if isinstance(value, float):
+        return _NANS.setdefault(struct.pack("<d", value), value) if value != value else value
+    if isinstance(value, (tuple, frozenset)):
+        if depth >= _MAX_DEPTH:
+            raise ValueError(f"a {tag} state must not nest deeper than {_MAX_DEPTH} levels")
+        items = [_plain_value(item, tag, depth + 1) for item in value]
+        if type(value) not in (tuple, frozenset) or all(map(operator.is_, items, value)):
+            return value  # unchanged (a named tuple is kept as it is)
+        return type(value)(items)
+    if isinstance(value, (np.ndarray, torch.Tensor)):
+        raise TypeError(f"a {tag} state must be a value, not a {type(value).__name__}")
+    return value
 
 
 class LazyGuard(Protocol):

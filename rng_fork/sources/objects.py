@@ -8,8 +8,8 @@ a user's own generator and the global one are saved by one piece of code.
 
 from __future__ import annotations
 
-import functools
-import math
+import contextlib
+import copy
 import random
 import struct
 from collections.abc import Hashable, Mapping
@@ -19,7 +19,9 @@ import numpy as np
 import torch
 
 from . import _fastpath
+from . import bit_generator_states as bgs
 from .base import Codec, Part, Plain, PlainCodec, RngSource, Savers
+from .bit_generator_states import SEED_SEQ
 
 _MT_WORDS = 624
 _MT_BYTES = _MT_WORDS * 4
@@ -38,12 +40,27 @@ def _need(plain: Mapping[str, Any], key: str, kind: type | tuple[type, ...]) -> 
     return value
 
 
+_INTEGER_DTYPES = frozenset(
+    {torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8, torch.uint16, torch.uint32, torch.uint64}
+)
+
+
+def _dense(value: torch.Tensor, key: str) -> torch.Tensor:
+    """A checkpoint's tensor as plain CPU memory; ``TypeError`` for one without such values
+    (sparse, nested, on the meta device)."""
+    if value.layout != torch.strided or value.is_nested or value.device.type == "meta":
+        raise TypeError(f"entry {key!r} must be a dense tensor with data, not a {value.layout} one on {value.device}")
+    return value.detach().resolve_conj().resolve_neg().cpu()
+
+
 def _words_from_plain(value: object, key: str) -> bytes:
     """MT19937 words stored as an int64 tensor (or list) back to 2,496 bytes."""
     if isinstance(value, torch.Tensor):
-        if value.dtype.is_floating_point or value.dtype.is_complex or value.dim() != 1:
+        if value.dtype not in _INTEGER_DTYPES or value.dim() != 1:
             raise TypeError(f"entry {key!r} must be a 1-d integer tensor")
-        values = value.tolist()
+        if value.numel() != _MT_WORDS:
+            raise ValueError(f"entry {key!r} must hold {_MT_WORDS} words, got {value.numel()}")
+        values = _dense(value, key).tolist()
     elif isinstance(value, (list, tuple)):
         values = list(value)
     else:
@@ -59,22 +76,59 @@ def _words_to_plain(words: bytes) -> torch.Tensor:
     return torch.tensor(struct.unpack(f"<{_MT_WORDS}I", words), dtype=torch.int64)
 
 
-def _check_gauss(value: object, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, float) or not math.isfinite(value):
-        raise ValueError(f"{what} must be a finite float")
+_F64 = struct.Struct("<d")
+_C_INT = (-(2**31), 2**31 - 1)
+
+
+def _float_bits(value: float) -> bytes:
+    """A float as a part holds it: its 8 IEEE-754 bytes, so NaN equals itself and -0.0 differs from 0.0."""
+    return _F64.pack(value)
+
+
+def _float_of(bits: bytes) -> float:
+    value: float = _F64.unpack(bits)[0]
     return value
 
 
-# --- Python's random.Random --------------------------------------------------
+def _check_float_bits(value: object, what: str) -> None:
+    if not isinstance(value, bytes) or len(value) != _F64.size:
+        raise TypeError(f"{what} must be a float's {_F64.size} bytes")
 
-PythonPart = _fastpath.PyCapture
-"""``(raw, gauss_next)``: raw is the int32 index then the 624 uint32 words, little-endian."""
+
+def _plain_float(plain: Mapping[str, Any], key: str) -> float:
+    value = _need(plain, key, (int, float))
+    try:
+        return float(value)
+    except OverflowError:
+        raise ValueError(f"entry {key!r} is too large for a float") from None
+
+
+# --- Python's random.Random ---------------------------------------------------
+
+PythonPart = tuple[bytes, Any]
+"""``(raw, gauss_next)``: raw is the int32 index then the 624 uint32 words, little-endian; gauss_next
+is None, an int or a float's 8 bytes (``random.gauss`` returns ``mu + gauss_next * sigma``, of either type)."""
 
 _RAW_BYTES = _MT_BYTES + 4
 
 
 def _raw_position(raw: bytes, at: int) -> int:
     return int.from_bytes(raw[at : at + 4], "little", signed=True)
+
+
+def _python_part(captured: _fastpath.PyCapture, name: str) -> PythonPart:
+    """The part for a state in the fast path's form, whose gauss_next is the object itself."""
+    raw, gauss = captured
+    if type(gauss) is float:
+        return (raw, _float_bits(gauss))
+    if gauss is None or isinstance(gauss, int):  # a bool draws as the int it equals
+        return (raw, None if gauss is None else int(gauss))
+    raise TypeError(f"{name}: gauss_next is a {type(gauss).__name__}; snapshots keep None, an int or a float")
+
+
+def _python_captured(part: PythonPart) -> _fastpath.PyCapture:
+    raw, gauss = part
+    return (raw, _float_of(gauss) if isinstance(gauss, bytes) else gauss)
 
 
 class PythonRandomCodec(Codec):
@@ -90,12 +144,12 @@ class PythonRandomCodec(Codec):
             raise ValueError(f"a random.Random state needs {_RAW_BYTES} raw bytes")
         if not 0 <= _raw_position(raw, 0) <= _MT_WORDS:
             raise ValueError(f"a random.Random index must be in [0, {_MT_WORDS}]")
-        if gauss is not None:
-            _check_gauss(gauss, "a random.Random gauss_next")
+        if not (gauss is None or type(gauss) is int):
+            _check_float_bits(gauss, "a random.Random gauss_next that is not None or an int")
         return part
 
     def to_plain(self, part: Part) -> Plain:
-        raw, gauss = cast(PythonPart, part)
+        raw, gauss = _python_captured(cast(PythonPart, part))
         return {
             "words": _words_to_plain(raw[4:]),
             "index": _raw_position(raw, 0),
@@ -109,8 +163,9 @@ class PythonRandomCodec(Codec):
         if not 0 <= index <= _MT_WORDS:
             raise ValueError(f"a random.Random index must be in [0, {_MT_WORDS}]")
         has_gauss = _need(plain, "has_gauss", bool)
-        gauss = float(_need(plain, "gauss", (int, float)))
-        return self.check((index.to_bytes(4, "little", signed=True) + words, gauss if has_gauss else None))
+        gauss = _need(plain, "gauss", (int, float))  # an int stays one: random.gauss would return an int
+        raw = index.to_bytes(4, "little", signed=True) + words
+        return self.check(_python_part((raw, gauss if has_gauss else None), "gauss"))
 
 
 class _ObjectSource(RngSource, Generic[T]):
@@ -140,22 +195,41 @@ class PythonRandomSource(_ObjectSource[random.Random]):
     codec = PythonRandomCodec()
 
     def capture(self) -> Part:
-        return _fastpath.capture_python(self.obj)
+        return _python_part(_fastpath.capture_python(self.obj), self.name)
 
     def restore(self, part: Part) -> None:
-        _fastpath.restore_python(self.obj, part)  # type: ignore[arg-type]
+        _fastpath.restore_python(self.obj, _python_captured(cast(PythonPart, part)))
 
     def savers(self) -> _fastpath.PySavers:
         return _fastpath.python_savers(self.obj)
 
     def part_of(self, saved: Any) -> Part:
-        return _fastpath.python_part(saved)
+        return _python_part(_fastpath.python_part(saved), self.name)
 
     def seed(self, seed: int) -> None:
         self.obj.seed(seed)
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "fast_path": _fastpath.fast_path_info()["python"]}
+
+
+def _scratch_instance(obj: random.Random) -> random.Random:
+    """A new instance of ``obj``'s class, built without its ``__init__``, holding copies of its attributes.
+
+    An attribute that cannot be deep-copied (a lock, say) is shared: ``setstate`` is not
+    expected to change such a thing.
+    """
+    cls = type(obj)
+    try:
+        scratch = cls.__new__(cls)
+    except Exception as exc:  # noqa: BLE001 - any failure means: no scratch instance to try states on
+        raise TypeError(f"cannot make a scratch {cls.__qualname__} to check a state on: {exc}") from None
+    attributes = vars(scratch)
+    for name, value in vars(obj).items():
+        attributes[name] = value
+        with contextlib.suppress(Exception):  # not copyable: shared, see above
+            attributes[name] = copy.deepcopy(value)
+    return scratch
 
 
 class RandomSubclassSource(_ObjectSource[random.Random]):
@@ -193,6 +267,13 @@ class RandomSubclassSource(_ObjectSource[random.Random]):
             raise ValueError("expected a (class, state) pair")
         if part[0] != self._kind():
             raise ValueError(f"a {part[0]} state cannot go into a {self._kind()}")
+        # Only the class's own setstate knows its states: it tries this one on a scratch
+        # instance first, so that one it refuses changes nothing.
+        scratch = _scratch_instance(self.obj)
+        try:
+            scratch.setstate(part[1])
+        except Exception as exc:  # noqa: BLE001 - whatever setstate raises, the state is not one it takes
+            raise ValueError(f"{self._kind()}.setstate refuses this state: {type(exc).__name__}: {exc}") from None
 
     def savers(self) -> Savers:
         return self.obj.getstate, self.obj.setstate
@@ -206,8 +287,20 @@ class RandomSubclassSource(_ObjectSource[random.Random]):
 
 # --- NumPy's legacy RandomState ----------------------------------------------
 
-NumpyPart = _fastpath.NpCapture
-"""``(raw, has_gauss, gauss)``: raw is the 624 uint32 key words then the int32 position, little-endian."""
+NumpyPart = tuple[bytes, int, bytes]
+"""``(raw, has_gauss, gauss)``: raw is the 624 uint32 key words then the int32 position, little-endian;
+has_gauss the C int NumPy keeps (nonzero: a Gaussian is cached, so 2 draws as 1 does), gauss the
+cached double's 8 bytes."""
+
+
+def _numpy_part(captured: _fastpath.NpCapture) -> NumpyPart:
+    raw, has_gauss, gauss = captured
+    return (raw, has_gauss, _float_bits(gauss))
+
+
+def _numpy_captured(part: NumpyPart) -> _fastpath.NpCapture:
+    raw, has_gauss, gauss = part
+    return (raw, has_gauss, _float_of(gauss))
 
 
 class RandomStateCodec(Codec):
@@ -223,17 +316,20 @@ class RandomStateCodec(Codec):
             raise ValueError(f"a RandomState state needs {_RAW_BYTES} raw bytes")
         if not 0 <= _raw_position(raw, _MT_BYTES) <= _MT_WORDS:
             raise ValueError(f"a RandomState pos must be in [0, {_MT_WORDS}]")
-        if has_gauss not in (0, 1) or isinstance(has_gauss, bool):
-            raise ValueError("a RandomState has_gauss must be 0 or 1")
-        _check_gauss(gauss, "a RandomState cached gaussian")
+        if type(has_gauss) is not int:
+            raise TypeError(f"a RandomState has_gauss must be an int, not {type(has_gauss).__name__}")
+        if not _C_INT[0] <= has_gauss <= _C_INT[1]:
+            raise ValueError("a RandomState has_gauss must fit in a C int")
+        _check_float_bits(gauss, "a RandomState cached gaussian")
         return part
 
     def to_plain(self, part: Part) -> Plain:
-        raw, has_gauss, gauss = cast(NumpyPart, part)
+        raw, has_gauss, gauss = _numpy_captured(cast(NumpyPart, part))
         return {
             "key": _words_to_plain(raw[:_MT_BYTES]),
             "pos": _raw_position(raw, _MT_BYTES),
-            "has_gauss": bool(has_gauss),
+            # A bool, as NumPy's own states have it; another int NumPy keeps, as it is.
+            "has_gauss": bool(has_gauss) if has_gauss in (0, 1) else has_gauss,
             "gauss": gauss,
         }
 
@@ -242,9 +338,9 @@ class RandomStateCodec(Codec):
         pos = _need(plain, "pos", int)
         if not 0 <= pos <= _MT_WORDS:
             raise ValueError(f"a RandomState pos must be in [0, {_MT_WORDS}]")
-        has_gauss = int(_need(plain, "has_gauss", bool))
-        gauss = float(_need(plain, "gauss", (int, float)))
-        return self.check((key + pos.to_bytes(4, "little", signed=True), has_gauss, gauss))
+        has_gauss = int(_need(plain, "has_gauss", (bool, int)))
+        gauss = _plain_float(plain, "gauss")
+        return self.check((key + pos.to_bytes(4, "little", signed=True), has_gauss, _float_bits(gauss)))
 
 
 class RandomStateSource(_ObjectSource[np.random.RandomState]):
@@ -269,15 +365,15 @@ class RandomStateSource(_ObjectSource[np.random.RandomState]):
 
     def capture(self) -> Part:
         self._refuse_other_bit_generators(self.obj._bit_generator)
-        return _fastpath.capture_numpy(self.obj)
+        return _numpy_part(_fastpath.capture_numpy(self.obj))
 
     def part_of(self, saved: Any) -> Part:
         if len(saved) == 2:  # (bit generator, state): the form saved for any bit generator
             self._refuse_other_bit_generators(saved[0])
-        return _fastpath.numpy_part(saved)
+        return _numpy_part(_fastpath.numpy_part(saved))
 
     def restore(self, part: Part) -> None:
-        _fastpath.restore_numpy(self.obj, part)  # type: ignore[arg-type]
+        _fastpath.restore_numpy(self.obj, _numpy_captured(cast(NumpyPart, part)))
 
     def savers(self) -> Savers:
         return _fastpath.numpy_savers(self.obj)
@@ -302,167 +398,51 @@ class RandomStateSource(_ObjectSource[np.random.RandomState]):
 # --- NumPy BitGenerators (behind numpy.random.Generator) ---------------------
 
 
-def _freeze(value: object) -> Part:
-    """A bit generator's state dict as nested tuples, so it hashes and compares."""
-    if isinstance(value, dict):
-        return ("dict", tuple((str(k), _freeze(v)) for k, v in value.items()))
-    if isinstance(value, list):
-        return ("list", tuple(_freeze(v) for v in value))
-    if isinstance(value, np.ndarray):
-        return ("ndarray", value.dtype.str, tuple(value.shape), value.tobytes())
-    if isinstance(value, (np.integer, np.floating)):
-        return value.item()
-    if isinstance(value, (int, float, str)) or value is None:
-        return value
-    raise TypeError(f"unexpected {type(value).__name__} in a bit generator state")
-
-
-def _thaw(frozen: Any) -> Any:
-    if isinstance(frozen, tuple) and frozen and frozen[0] == "dict":
-        return {k: _thaw(v) for k, v in frozen[1]}
-    if isinstance(frozen, tuple) and frozen and frozen[0] == "list":
-        return [_thaw(v) for v in frozen[1]]
-    if isinstance(frozen, tuple) and frozen and frozen[0] == "ndarray":
-        _, dtype, shape, data = frozen
-        return np.frombuffer(data, dtype=np.dtype(dtype)).reshape(shape).copy()
-    return frozen
-
-
-def _to_plain_tree(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _to_plain_tree(v) for k, v in value.items()}
-    if isinstance(value, np.ndarray):
-        return {"__ndarray__": value.dtype.str, "shape": list(value.shape), "values": value.ravel().tolist()}
-    return value
-
-
-def _from_plain_tree(value: Any) -> Any:
-    if isinstance(value, dict) and "__ndarray__" in value:
-        array_ = np.array(value["values"], dtype=np.dtype(value["__ndarray__"]))
-        return array_.reshape(value["shape"])
-    if isinstance(value, dict):
-        return {k: _from_plain_tree(v) for k, v in value.items()}
-    return value
-
-
-def _bit_generator_class(state: Any) -> type[np.random.BitGenerator]:
-    name = state.get("bit_generator") if isinstance(state, dict) else None
-    cls = getattr(np.random, name, None) if isinstance(name, str) else None
-    if not (isinstance(cls, type) and issubclass(cls, np.random.BitGenerator)):
-        raise ValueError(f"unknown bit generator {name!r}")
-    return cls
-
-
-SEED_SEQ = "rng_fork.seed_seq"
-"""The key a part adds to NumPy's state dict: the bit generator's ``SeedSequence``
-(``Generator.spawn`` moves its child counter alone; a seed replaces it)."""
-
-
-@functools.cache
-def _seed_seq_settable() -> bool:
-    """Whether a bit generator's SeedSequence can be replaced (``__setstate__((state, seed_seq))``, NumPy 1.25+)."""
-    probe = np.random.PCG64(0)
-    try:
-        _load_with_seed_seq(probe, probe.state, np.random.SeedSequence(0, n_children_spawned=1))
-    except (TypeError, ValueError, KeyError):
-        return False
-    return bool(getattr(probe.seed_seq, "n_children_spawned", None) == 1)
+if np.lib.NumpyVersion(np.__version__) < "2.0.0":
+    raise ImportError(
+        f"rng_fork needs NumPy 2.0 or later, not {np.__version__}: older NumPy cannot put a bit generator's "
+        "SeedSequence back, so Generator.spawn inside a fork would leak out of it"
+    )
 
 
 def _load_with_seed_seq(bit_generator: np.random.BitGenerator, state: Mapping[str, Any], seed_seq: object) -> None:
-    # The only way NumPy offers to replace a bit generator's SeedSequence: its unpickling.
+    # The only way NumPy offers to replace a bit generator's SeedSequence: its unpickling
+    # (``__setstate__((state, seed_seq))``, NumPy 2.0 and later).
     cast(Any, bit_generator).__setstate__((state, seed_seq))
 
 
 def _seed_seq_of(bit_generator: np.random.BitGenerator) -> dict[str, Any] | None:
-    """The bit generator's SeedSequence as plain data, where NumPy lets it be put back."""
-    seed_seq = bit_generator.seed_seq if _seed_seq_settable() else None
-    return _seed_seq_plain(seed_seq) if isinstance(seed_seq, np.random.SeedSequence) else None
-
-
-def _seed_seq_plain(seed_seq: np.random.SeedSequence) -> dict[str, Any]:
-    entropy: Any = seed_seq.entropy
-    if isinstance(entropy, (int, np.integer)):
-        entropy = int(entropy)
-    elif entropy is not None:
-        entropy = [int(e) for e in entropy]
-    return {
-        "entropy": entropy,
-        "spawn_key": [int(k) for k in seed_seq.spawn_key],
-        "pool_size": int(seed_seq.pool_size),
-        "n_children_spawned": int(seed_seq.n_children_spawned),
-    }
-
-
-def _natural(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
-def _seed_seq_from(plain: Any) -> np.random.SeedSequence:
-    if not isinstance(plain, dict) or set(plain) != {"entropy", "spawn_key", "pool_size", "n_children_spawned"}:
-        raise ValueError(f"{SEED_SEQ} must hold entropy, spawn_key, pool_size and n_children_spawned")
-    entropy, spawn_key = plain["entropy"], plain["spawn_key"]
-    entropy_ok = _natural(entropy) or (isinstance(entropy, list) and all(map(_natural, entropy)))
-    if not entropy_ok:
-        raise ValueError(f"{SEED_SEQ} entropy must be an int >= 0 or a list of them, got {entropy!r}")
-    if not (isinstance(spawn_key, list) and all(map(_natural, spawn_key))):
-        raise ValueError(f"{SEED_SEQ} spawn_key must be a list of ints >= 0, got {spawn_key!r}")
-    for key in ("pool_size", "n_children_spawned"):
-        if not _natural(plain[key]):
-            raise ValueError(f"{SEED_SEQ} {key} must be an int >= 0, got {plain[key]!r}")
-    try:
-        return np.random.SeedSequence(
-            entropy, spawn_key=tuple(spawn_key), pool_size=plain["pool_size"],
-            n_children_spawned=plain["n_children_spawned"],
-        )
-    except (TypeError, ValueError, OverflowError) as exc:
-        raise ValueError(f"{SEED_SEQ}: {exc}") from None
-
-
-def _with_children(seed_seq: np.random.SeedSequence, spawned: int) -> np.random.SeedSequence:
-    """``seed_seq`` as it was when it had spawned ``spawned`` children (the counter is read-only)."""
-    if seed_seq.n_children_spawned == spawned:
-        return seed_seq
-    return np.random.SeedSequence(
-        seed_seq.entropy, spawn_key=seed_seq.spawn_key, pool_size=seed_seq.pool_size, n_children_spawned=spawned
-    )
+    """The bit generator's SeedSequence as plain data (None if it has none)."""
+    seed_seq = bit_generator.seed_seq
+    return bgs.seed_seq_plain(seed_seq) if isinstance(seed_seq, np.random.SeedSequence) else None
 
 
 def _split_seed_seq(part: Part) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """NumPy's state dict and the SeedSequence entry of a part (None if it has none)."""
-    state = _thaw(part)
+    state = bgs.thaw(part)
     seed_seq = state.pop(SEED_SEQ, None) if isinstance(state, dict) else None
     return state, seed_seq
 
 
 class BitGeneratorCodec(Codec):
     """Parts of a NumPy ``BitGenerator``: its ``state`` dict, frozen into tuples, plus its
-    ``SeedSequence`` (whose child counter ``Generator.spawn`` moves) where NumPy can put one back."""
+    ``SeedSequence`` (whose child counter ``Generator.spawn`` moves), if it has one.
+
+    Every field is checked against the shape of its class's state (see
+    :mod:`~rng_fork.sources.bit_generator_states`) before NumPy sees it.
+    """
 
     tag = "numpy.random.BitGenerator"
 
     def check(self, part: object) -> Part:
-        try:
-            state, seed_seq = _split_seed_seq(part)
-            # A scratch instance of the same class validates the state exactly,
-            # with NumPy's own rules, without touching the user's generator.
-            _bit_generator_class(state)().state = state
-            if seed_seq is not None:
-                _seed_seq_from(seed_seq)
-        except (TypeError, ValueError, KeyError, IndexError) as exc:
-            raise ValueError(f"not a valid bit generator state: {exc}") from None
-        return part
+        return bgs.freeze(bgs.checked_state(bgs.thaw(part)))
 
     def to_plain(self, part: Part) -> Plain:
-        return {"state": _to_plain_tree(_thaw(part))}
+        return {"state": bgs.to_plain_tree(bgs.thaw(part))}
 
     def from_plain(self, plain: Mapping[str, Any]) -> Part:
-        state = _need(plain, "state", dict)
-        try:
-            frozen = _freeze(_from_plain_tree(state))
-        except (TypeError, ValueError, KeyError) as exc:
-            raise ValueError(f"not a valid bit generator state: {exc}") from None
-        return self.check(frozen)
+        state = bgs.from_plain_tree(_need(plain, "state", Mapping))
+        return bgs.freeze(bgs.checked_state(state))
 
 
 class BitGeneratorSource(_ObjectSource[np.random.BitGenerator]):
@@ -482,61 +462,47 @@ class BitGeneratorSource(_ObjectSource[np.random.BitGenerator]):
 
     def restore(self, part: Part) -> None:
         state, seed_seq = _split_seed_seq(part)
-        if seed_seq is None or _seed_seq_of(self.obj) == seed_seq:
+        if _seed_seq_of(self.obj) == seed_seq:
             self.obj.state = state
-        else:
-            _load_with_seed_seq(self.obj, state, _seed_seq_from(seed_seq))
+        else:  # a part without one was taken from a bit generator without one (legacy seeding)
+            _load_with_seed_seq(self.obj, state, None if seed_seq is None else bgs.seed_seq_from(seed_seq))
 
     def savers(self) -> Savers:
         return self._save, self._load
 
     def _save(self) -> Any:
-        # The state and, where NumPy can put one back, the SeedSequence object (None
-        # after legacy seeding) with its count, not a plain copy: a fork rebuilds
-        # nothing unless a block spawned or reseeded.
+        # The state and the SeedSequence object (None after legacy seeding) with its
+        # count, not a plain copy: a fork rebuilds nothing unless a block spawned or reseeded.
         bit_generator = self.obj
-        if not _seed_seq_settable():
-            return bit_generator.state
         seed_seq = bit_generator.seed_seq
         spawned = seed_seq.n_children_spawned if isinstance(seed_seq, np.random.SeedSequence) else None
         return bit_generator.state, seed_seq, spawned
 
     def _load(self, saved: Any) -> None:
         bit_generator = self.obj
-        if not isinstance(saved, tuple):
-            bit_generator.state = saved
-            return
         state, seed_seq, spawned = saved
         current = bit_generator.seed_seq
         if current is seed_seq and (spawned is None or current.n_children_spawned == spawned):
             bit_generator.state = state
         else:
-            kept = seed_seq if spawned is None else _with_children(seed_seq, spawned)
+            kept = seed_seq if spawned is None else bgs.with_children(seed_seq, spawned)
             _load_with_seed_seq(bit_generator, state, kept)
 
     def part_of(self, saved: Any) -> Part:
-        if not isinstance(saved, tuple):  # the state alone, where NumPy cannot put a SeedSequence back
-            return _freeze(saved)
         state, seed_seq, spawned = saved
         if spawned is None:  # no SeedSequence that NumPy could be given back
-            return _freeze(state)
-        return _freeze({**state, SEED_SEQ: _seed_seq_plain(_with_children(seed_seq, spawned))})
+            return bgs.freeze(state)
+        return bgs.freeze({**state, SEED_SEQ: bgs.seed_seq_plain(bgs.with_children(seed_seq, spawned))})
 
     def seed(self, seed: int) -> None:
         fresh = type(self.obj)(seed)
-        if _seed_seq_settable():
-            _load_with_seed_seq(self.obj, fresh.state, fresh.seed_seq)  # later children follow the seed
-        else:
-            self.obj.state = fresh.state
+        _load_with_seed_seq(self.obj, fresh.state, fresh.seed_seq)  # later children follow the seed
 
     def check_target(self, part: Part) -> None:
         wanted = type(self.obj).__name__
-        state, seed_seq = _split_seed_seq(part)
-        got = state.get("bit_generator")
+        got = _split_seed_seq(part)[0].get("bit_generator")
         if got != wanted:
             raise ValueError(f"a {got} state cannot go into a {wanted}")
-        if seed_seq is not None and not _seed_seq_settable():
-            raise ValueError("this NumPy cannot put back a bit generator's SeedSequence (NumPy 1.25 and later can)")
 
 
 # --- torch.Generator ---------------------------------------------------------
@@ -594,8 +560,12 @@ class TorchGeneratorCodec(Codec):
         if not isinstance(part, TorchState):
             raise TypeError(f"a torch.Generator state must be a TorchState, not {type(part).__name__}")
         device_type, tensor = part.device_type, part.tensor
+        if not isinstance(device_type, str) or not isinstance(tensor, torch.Tensor):
+            raise TypeError("a TorchState holds a device type name and a tensor")
         if tensor.dtype != torch.uint8 or tensor.dim() != 1 or tensor.device.type != "cpu":
             raise TypeError("a torch.Generator state must be a 1-d uint8 CPU tensor")
+        if tensor.layout != torch.strided or tensor.is_nested or tensor.is_neg() or tensor.is_conj():
+            raise TypeError("a torch.Generator state must be a dense tensor, not a view or a sparse one")
         size = tensor.numel()
         if device_type == "cpu":
             expected = _cpu_state_size()
@@ -624,7 +594,7 @@ class TorchGeneratorCodec(Codec):
         state = _need(plain, "state", torch.Tensor)
         if state.dtype != torch.uint8 or state.dim() != 1:
             raise TypeError(f"entry 'state' must be a 1-d uint8 tensor, got {state.dtype} with {state.dim()} dims")
-        return self.check(TorchState(device_type, state.detach().cpu().clone()))
+        return self.check(TorchState(device_type, _dense(state, "state").clone()))
 
 
 GRAPH_CAPTURE_HELP = (
