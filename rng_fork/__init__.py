@@ -12,7 +12,16 @@ from .errors import RngForkWarning, RngRestoreError, RngTouchedError
 from .fork import fork_rng
 from .info import info
 from .isolate import RngStream, isolated
-from .sources import Codec, PlainCodec, RngSource, register_source, registered_sources, unregister_source
+from .sources import (
+    Codec,
+    OneGenerator,
+    PlainCodec,
+    RngFamily,
+    RngSource,
+    register_source,
+    registered_sources,
+    unregister_source,
+)
 from .state import RestoreReport, RngState, get_rng_state, seed_all, set_rng_state
 from .trace import RngEvent, RngSummaryRow, trace
 
@@ -42,9 +51,11 @@ def unload_ipython_extension(ipython: Any) -> None:
 
 __all__ = [
     "Codec",
+    "OneGenerator",
     "PlainCodec",
     "RestoreReport",
     "RngEvent",
+    "RngFamily",
     "RngForkWarning",
     "RngRestoreError",
     "RngSource",

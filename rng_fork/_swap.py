@@ -1,10 +1,10 @@
 """The one mechanism that saves and puts back generator states.
 
 ``fork_rng``, ``RngStream``, ``@isolated`` and ``set_rng_state`` all go through
-:class:`Capture`: take the live states of a set of sources, later put them
+:class:`Saved`: take the live states of a set of sources, later put them
 back, restoring every source even when one fails.
 
-A fork is on the hot path of training loops, so what it captures is worked out
+A fork is on the hot path of training loops, so what it saves is worked out
 once into a :class:`Plan` and reused until the registry or the availability
 of a source changes (a CUDA initialization, say).
 """
@@ -22,7 +22,7 @@ from ._compile import keep_dynamo_out
 from ._interrupts import held as _held_signal
 from ._interrupts import protected, release_held, shield, unshield
 from .errors import RngForkWarning, RngRestoreError
-from .sources import LazyGuard, Part, RngSource, registered_sources
+from .sources import Devices, LazyGuard, Part, RngFamily, RngSource, generator_sources, registered_families
 from .sources.registry import on_change as on_registry_change
 
 # Compiled code calls all of this eagerly, never traced.
@@ -40,10 +40,10 @@ class SourceSet:
         self.saves = tuple(save for save, _ in pairs)
         self.loads = tuple(load for _, load in pairs)
 
-    def check_settled(self) -> None:
-        """Raise, before anything changes, if any source must not be seeded or kept now."""
+    def check_not_graph_capturing(self) -> None:
+        """Raise, before anything changes, if any source is being captured into a CUDA graph."""
         for source in self.sources:
-            source.check_settled()
+            source.check_not_graph_capturing()
 
     def __add__(self, other: SourceSet) -> SourceSet:
         joined = SourceSet()
@@ -66,24 +66,24 @@ class Plan:
 
     __slots__ = ("flags", "guarded", "probes", "sources")
 
-    def __init__(self, families: tuple[RngSource, ...], devices: Sequence[int] | None) -> None:
+    def __init__(self, families: tuple[RngFamily, ...], devices: Devices) -> None:
         if devices:
             for family in families:
                 family.check_devices(devices)
         present = [family for family in families if not family.inert()]
         self.probes: tuple[Callable[[], bool], ...] = tuple(
-            family.available for family in present if type(family).available is not RngSource.available
+            family.available for family in present if type(family).available is not RngFamily.available
         )
         self.flags = [probe() for probe in self.probes]
         self.sources = SourceSet(source for family in present for source in family.expand(devices))
-        self.guarded = tuple(family for family in present if type(family).guard is not RngSource.guard)
+        self.guarded = tuple(family for family in present if type(family).guard is not RngFamily.guard)
 
     def current(self) -> bool:
         """Whether every source is as available as when the plan was made."""
         return not self.probes or [probe() for probe in self.probes] == self.flags
 
 
-_plans: dict[Sequence[int] | None, Plan] = {}
+_plans: dict[Devices, Plan] = {}
 _registry_changes = 0
 
 
@@ -96,7 +96,7 @@ def _registry_changed() -> None:
 on_registry_change(_registry_changed)
 
 
-def plan_for(devices: Sequence[int] | None) -> Plan:
+def plan_for(devices: Devices) -> Plan:
     """The current plan for ``devices`` (a tuple of indices or None for every device).
 
     Raises ``ValueError`` (before anything is saved) if ``devices`` names a
@@ -105,7 +105,7 @@ def plan_for(devices: Sequence[int] | None) -> Plan:
     plan = _plans.get(devices)
     if plan is None or not plan.current():
         changes = _registry_changes
-        plan = Plan(registered_sources(), devices)
+        plan = Plan(registered_families(), devices)
         # A registration while the plan was made would leave it stale: use it once, keep it not.
         if changes == _registry_changes:
             if len(_plans) > 64:
@@ -114,12 +114,19 @@ def plan_for(devices: Sequence[int] | None) -> Plan:
     return plan
 
 
-def live_sources(devices: Sequence[int] | None, extra: Sequence[RngSource] = ()) -> list[RngSource]:
+def extra_sources(generators: Iterable[object]) -> SourceSet:
+    """The sources of ``generators=``, resolved once: how every block keeps them."""
+    if type(generators) is tuple and not generators:  # the default: built for every fork_rng()
+        return NO_SOURCES
+    return SourceSet(generator_sources(generators))
+
+
+def live_sources(devices: Devices, extra: SourceSet = NO_SOURCES) -> list[RngSource]:
     """The registered sources that can be saved now, then ``extra``."""
-    return [*plan_for(devices).sources.sources, *extra]
+    return [*plan_for(devices).sources.sources, *extra.sources]
 
 
-def capture_parts(devices: Sequence[int] | None, extra: Sequence[RngSource] = ()) -> list[tuple[RngSource, Part]]:
+def snapshot_parts(devices: Devices, extra: SourceSet = NO_SOURCES) -> list[tuple[RngSource, Part]]:
     """``(source, part)`` for every live source and ``extra``: values a snapshot can keep."""
     return [(source, source.capture()) for source in live_sources(devices, extra)]
 
@@ -223,8 +230,8 @@ class ThreadStack(list[tuple[int, T]]):
         return entry[1]
 
 
-class Capture:
-    """What one block saved: the sources, their saved values, the guards of lazy
+class Saved:
+    """What one block saved: the sources, their saved ``values``, the guards of lazy
     runtimes, the thread that saved them and the object that opened the block.
     Made by :func:`take`; open blocks are kept in :data:`_layers`.
 
@@ -235,22 +242,22 @@ class Capture:
         saved.restore()         # every generator as it was
     """
 
-    __slots__ = ("guards", "homes", "opener", "saved", "shielded", "sources", "thread")
+    __slots__ = ("guards", "homes", "opener", "shielded", "sources", "thread", "values")
 
-    def __init__(self, sources: SourceSet, saved: list[Any], guards: Sequence[LazyGuard], thread: int) -> None:
+    def __init__(self, sources: SourceSet, values: list[Any], guards: Sequence[LazyGuard], thread: int) -> None:
         self.sources = sources
-        self.saved = saved
+        self.values = values
         self.guards = guards
         self.thread = thread
         self.opener: object = None
         self.shielded = False
         # A stream entered again below other blocks: where each of its generators' state
         # is kept meanwhile, as (layer, index there, index here). None for any other block.
-        self.homes: list[tuple[Capture, int, int]] | None = None
+        self.homes: list[tuple[Saved, int, int]] | None = None
 
     def seed(self, seed: int) -> None:
         """Seed every saved source and guarded runtime from ``seed``; none if any refuses."""
-        self.sources.check_settled()
+        self.sources.check_not_graph_capturing()
         for source in self.sources.sources:
             source.seed(seed)
         for guard in self.guards:
@@ -258,7 +265,7 @@ class Capture:
 
     def restore(self) -> None:
         """Put every saved source back, and undo what happened to guarded runtimes."""
-        _load_all(self.sources.sources, self.sources.loads, self.saved, self.guards)
+        _load_all(self.sources.sources, self.sources.loads, self.values, self.guards)
 
     def index_of(self, identity: object) -> int | None:
         """Where the source standing for the generator ``identity`` is, if this block saved it."""
@@ -274,24 +281,24 @@ class Capture:
         """
         return {
             source.name: (source.codec.tag, source.codec.check(source.part_of(saved)))
-            for source, saved in zip(self.sources.sources, self.saved, strict=True)
+            for source, saved in zip(self.sources.sources, self.values, strict=True)
         }
 
 
-def take(devices: Sequence[int] | None, extra: SourceSet = NO_SOURCES, *, guard: bool = True) -> Capture:
+def take(devices: Devices, extra: SourceSet = NO_SOURCES, *, guard: bool = True) -> Saved:
     """Save every live source and ``extra``; with ``guard``, also guard lazy runtimes."""
     plan = _plans.get(devices)
     if plan is None or (plan.probes and not plan.current()):
         plan = plan_for(devices)
     sources = plan.sources + extra if extra.sources else plan.sources
-    saved = [save() for save in sources.saves]
+    values = [save() for save in sources.saves]
     guards: Sequence[LazyGuard] = ()
     if guard and plan.guarded:
         guards = [g for g in (family.guard(devices) for family in plan.guarded) if g is not None]
-    return Capture(sources, saved, guards, get_ident())
+    return Saved(sources, values, guards, get_ident())
 
 
-_layers: list[Capture] = []
+_layers: list[Saved] = []
 """Every open block, in the order entered, in all threads. The generators hold
 the state of the top one's code; each layer holds what the one below had."""
 
@@ -316,14 +323,14 @@ def warn_threads(frames_to_user: int) -> None:
     )
 
 
-Prepare = Callable[[Capture], object]
+Prepare = Callable[[Saved], object]
 
 
 @protected
 def enter(
-    opener: object, devices: Sequence[int] | None, extra: SourceSet, seed: int | None,
+    opener: object, devices: Devices, extra: SourceSet, seed: int | None,
     prepare: Prepare | None = None, *, guard: bool = True, frames_to_user: int = 2,
-) -> Capture:
+) -> Saved:
     """Open a block for ``opener``: save (and guard) every live source and ``extra``, then
     ``prepare`` the block's own states (a stream's) or seed them if asked.
 
@@ -332,53 +339,53 @@ def enter(
 
     Example::
 
-        capture = enter(owner, None, NO_SOURCES, None)
+        layer = enter(owner, None, NO_SOURCES, None)
         ...                     # draw from anything
-        leave(capture, None)    # every generator as it was
+        leave(layer, None)    # every generator as it was
     """
     shielded = shield()
-    capture: Capture | None = None
+    layer: Saved | None = None
     try:
         # The only thread check a block needs: until the first warning, every open block is
         # one thread's, so another thread's block is on top if there is one at all.
         if _layers and not _warned_threads and _layers[-1].thread != get_ident():
             # First: a warning turned into an error must find nothing changed.
             warn_threads(frames_to_user)
-        capture = take(devices, extra, guard=guard)
-        capture.opener = opener
-        capture.shielded = shielded
+        layer = take(devices, extra, guard=guard)
+        layer.opener = opener
+        layer.shielded = shielded
         if prepare is not None:
-            prepare(capture)
+            prepare(layer)
         if seed is not None:
-            capture.seed(seed)
-        _layers.append(capture)
+            layer.seed(seed)
+        _layers.append(layer)
     except BaseException as exc:
-        if capture is None:
+        if layer is None:
             unshield(shielded)
             release_held()
         else:
-            leave(capture, exc)
+            leave(layer, exc)
         raise
     if _held_signal():
-        leave(capture, None)  # undone, then the SIGINT that arrived meanwhile is raised
-    return capture
+        leave(layer, None)  # undone, then the SIGINT that arrived meanwhile is raised
+    return layer
 
 
 @protected
-def leave(capture: Capture, exc: BaseException | None) -> None:
+def leave(layer: Saved, exc: BaseException | None) -> None:
     """Close a block: put back what it saved, then raise a SIGINT held meanwhile.
 
     A failure to restore is chained to the block's exception ``exc``.
     """
     try:
         try:
-            if capture.homes is None:
-                capture.restore()
+            if layer.homes is None:
+                layer.restore()
             else:
-                _send_home(capture)
+                _send_home(layer)
         finally:
-            _remove(capture)
-            unshield(capture.shielded)
+            _remove(layer)
+            unshield(layer.shielded)
     except RngRestoreError as failure:
         if exc is not None and failure is not exc:
             raise failure from exc
@@ -387,15 +394,15 @@ def leave(capture: Capture, exc: BaseException | None) -> None:
         release_held()
 
 
-def _remove(capture: Capture) -> None:
-    if _layers and _layers[-1] is capture:
+def _remove(layer: Saved) -> None:
+    if _layers and _layers[-1] is layer:
         _layers.pop()
     else:
         with contextlib.suppress(ValueError):  # never pushed: its entry failed
-            _layers.remove(capture)
+            _layers.remove(layer)
 
 
-def open_layer(opener: object) -> Capture | None:
+def open_layer(opener: object) -> Saved | None:
     """The innermost block ``opener`` has open in this thread, else in any thread, else None.
 
     A block can end in another thread than it began in (a generator resumed
@@ -416,7 +423,7 @@ def open_layer(opener: object) -> Capture | None:
     return None
 
 
-def homes_above(below: Capture) -> Prepare:
+def homes_above(below: Saved) -> Prepare:
     """A ``prepare`` for entering again what ``below`` opened (a stream) while other blocks
     are open above it: its generators' states are where those blocks saved them.
 
@@ -429,40 +436,40 @@ def homes_above(below: Capture) -> Prepare:
 
 
 @protected
-def _load_homes(below: Capture, capture: Capture) -> None:
+def _load_homes(below: Saved, layer: Saved) -> None:
     above = _layers[_layers.index(below) + 1:] if below in _layers else []
-    homes: list[tuple[Capture, int, int]] = []
-    for here, source in enumerate(capture.sources.sources):
+    homes: list[tuple[Saved, int, int]] = []
+    for here, source in enumerate(layer.sources.sources):
         identity = source.identity()
-        for layer in above:
-            there = layer.index_of(identity)
+        for home in above:
+            there = home.index_of(identity)
             if there is not None:
-                homes.append((layer, there, here))
+                homes.append((home, there, here))
                 break
     _load_all(
-        [layer.sources.sources[there] for layer, there, _ in homes],
-        [layer.sources.loads[there] for layer, there, _ in homes],
-        [layer.saved[there] for layer, there, _ in homes],
+        [home.sources.sources[there] for home, there, _ in homes],
+        [home.sources.loads[there] for home, there, _ in homes],
+        [home.values[there] for home, there, _ in homes],
         (),
     )
-    capture.homes = homes
+    layer.homes = homes
 
 
 @protected
-def _send_home(capture: Capture) -> None:
+def _send_home(layer: Saved) -> None:
     """Leave a stream entered again: its states go back where they are kept, the caller's back in."""
-    homes = capture.homes or []
+    homes = layer.homes or []
     failures: dict[str, BaseException] = {}
-    for layer, there, _ in homes:
+    for home, there, _ in homes:
         try:
-            layer.saved[there] = layer.sources.saves[there]()
+            home.values[there] = home.sources.saves[there]()
         except Exception as exc:  # noqa: BLE001 - reported with the loads below
-            failures[layer.sources.sources[there].name] = exc
+            failures[home.sources.sources[there].name] = exc
     try:
         _load_all(
-            [capture.sources.sources[here] for _, _, here in homes],
-            [capture.sources.loads[here] for _, _, here in homes],
-            [capture.saved[here] for _, _, here in homes],
+            [layer.sources.sources[here] for _, _, here in homes],
+            [layer.sources.loads[here] for _, _, here in homes],
+            [layer.values[here] for _, _, here in homes],
             (),
         )
     except RngRestoreError as error:

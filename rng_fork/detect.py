@@ -9,10 +9,10 @@ from collections.abc import Callable, Coroutine, Iterable
 from types import TracebackType
 from typing import Any, TypeVar
 
-from ._swap import ThreadStack
+from ._swap import ThreadStack, extra_sources
 from .errors import RngTouchedError
-from .sources import generator_objects, generator_sources
-from .state import RngState
+from .sources import generator_objects
+from .state import RngState, snapshot
 from .trace import trace
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -53,10 +53,10 @@ class assert_untouched:  # noqa: N801 - used like a function, as contextlib's he
     """
 
     def __init__(self, *, generators: Iterable[object] = (), explain: bool = False) -> None:
-        # Checked here, not at exit; kept as the generator objects themselves, so a
-        # loader is not iterated again (nor a one-shot iterable exhausted) at every entry.
+        # Resolved here, not at every entry: a loader is not iterated again (nor a one-shot
+        # iterable exhausted). The objects themselves are what the tracer of explain=True watches.
         self._generators = generator_objects(generators)
-        generator_sources(self._generators)
+        self._extra = extra_sources(self._generators)
         if explain is not True and explain is not False:
             raise TypeError(f"explain must be a bool, not {type(explain).__name__}")
         self._explain = explain
@@ -64,7 +64,7 @@ class assert_untouched:  # noqa: N801 - used like a function, as contextlib's he
 
     def __enter__(self) -> assert_untouched:
         tracer = trace(generators=self._generators) if self._explain else None
-        self._open.push((RngState.capture(self._generators), tracer))
+        self._open.push((snapshot(self._extra), tracer))
         if tracer is not None:
             tracer.__enter__()
         return self
@@ -83,7 +83,7 @@ class assert_untouched:  # noqa: N801 - used like a function, as contextlib's he
             tracer.__exit__(exc_type, exc, traceback)
         if exc is not None:
             return  # the block's own error matters more
-        changed = diff(before, RngState.capture(self._generators))
+        changed = diff(before, snapshot(self._extra))
         if changed:
             raise RngTouchedError(changed, explanation=None if tracer is None else _explanation(tracer, changed))
 

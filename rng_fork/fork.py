@@ -8,8 +8,7 @@ from typing import Any, TypeVar
 
 from ._checks import check_devices, check_seed
 from ._interrupts import protected, release_held
-from ._swap import NO_SOURCES, SourceSet, enter, leave, open_layer
-from .sources import generator_sources
+from ._swap import enter, extra_sources, leave, open_layer
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -63,8 +62,7 @@ class fork_rng:  # noqa: N801 - named like torch.random.fork_rng, which it repla
             raise TypeError(f"enabled must be a bool, not {type(enabled).__name__}")
         self.enabled = enabled
         self.devices = None if devices is None else check_devices(devices)
-        no_generators = type(generators) is tuple and not generators
-        self._extra = NO_SOURCES if no_generators else SourceSet(generator_sources(generators))
+        self._extra = extra_sources(generators)
 
     @protected
     def __enter__(self) -> fork_rng:
@@ -101,7 +99,7 @@ class fork_rng:  # noqa: N801 - named like torch.random.fork_rng, which it repla
 
         if not self.enabled:
             return fn
-        return isolate_checked(fn, self.seed, self.devices, self._extra.sources)
+        return isolate_checked(fn, self.seed, self.devices, self._extra)
 
     def __repr__(self) -> str:
         return f"fork_rng(seed={self.seed}, enabled={self.enabled}, devices={self.devices})"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .sources import registered_sources
+from .sources import registered_families
 
 
 def info() -> list[dict[str, Any]]:
@@ -18,4 +18,4 @@ def info() -> list[dict[str, Any]]:
         [s["name"] for s in rng_fork.info()]
         # ['python', 'numpy', 'torch', 'cuda', 'xpu', 'mtia', 'mps']
     """
-    return [source.describe() for source in registered_sources()]
+    return [family.describe() for family in registered_families()]

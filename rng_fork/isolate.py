@@ -18,8 +18,20 @@ from typing import Any, Protocol, TypeVar, cast, overload
 from . import state
 from ._checks import SEED_LIMIT, check_devices, check_seed
 from ._interrupts import protected, release_held, shield, unshield
-from ._swap import Capture, Prepare, SourceSet, enter, homes_above, leave, live_sources, open_layer, restore_all, take
-from .sources import RngSource, generator_sources, is_device_part
+from ._swap import (
+    Prepare,
+    Saved,
+    SourceSet,
+    enter,
+    extra_sources,
+    homes_above,
+    leave,
+    live_sources,
+    open_layer,
+    restore_all,
+    take,
+)
+from .sources import RngSource, is_device_part
 
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
@@ -64,22 +76,21 @@ class RngStream:
         devices: Iterable[object] | None = None,
         generators: Iterable[object] = (),
     ) -> None:
-        self._setup(check_seed(seed), check_devices(devices), generator_sources(generators))
+        self._setup(check_seed(seed), check_devices(devices), extra_sources(generators))
 
     @classmethod
-    def _private(cls, seed: int | None, devices: tuple[int, ...] | None, extra: tuple[RngSource, ...]) -> RngStream:
+    def _private(cls, seed: int | None, devices: tuple[int, ...] | None, extra: SourceSet) -> RngStream:
         """A stream from already checked arguments (one per isolated generator or coroutine)."""
         stream = cls.__new__(cls)
         stream._setup(seed, devices, extra)
         return stream
 
-    def _setup(self, seed: int | None, devices: tuple[int, ...] | None, extra: tuple[RngSource, ...]) -> None:
+    def _setup(self, seed: int | None, devices: tuple[int, ...] | None, extra: SourceSet) -> None:
         self.seed = seed
         self.devices = devices
         self._extra = extra
-        self._swap = SourceSet(extra)
         # The stream's states while it is not open; None until it first runs.
-        self._own: Capture | None = None
+        self._own: Saved | None = None
 
     @property
     def started(self) -> bool:
@@ -93,23 +104,23 @@ class RngStream:
     def __enter__(self) -> RngStream:
         innermost = open_layer(self)
         if innermost is None:
-            enter(self, self.devices, self._swap, self.seed if self._own is None else None, self._put_in)
+            enter(self, self.devices, self._extra, self.seed if self._own is None else None, self._put_in)
         else:
             # Open already (lower down): its states are where the blocks above it keep them.
-            enter(self, self.devices, self._swap, None, _settled_then(homes_above(innermost)), guard=False)
+            enter(self, self.devices, self._extra, None, _not_capturing_then(homes_above(innermost)), guard=False)
         return self
 
     @protected
-    def _put_in(self, caller: Capture) -> None:
+    def _put_in(self, caller: Saved) -> None:
         # The stream's state outlives the block: none may be taken inside a graph capture.
-        caller.sources.check_settled()
+        caller.sources.check_not_graph_capturing()
         own = self._own
         if own is not None:
             own.restore()
             if self.seed is not None and len(caller.sources.sources) != len(own.sources.sources):
                 self._seed_new_sources(caller, own)
 
-    def _seed_new_sources(self, caller: Capture, own: Capture) -> None:
+    def _seed_new_sources(self, caller: Saved, own: Saved) -> None:
         # A generator that appeared since the stream last ran (a device initialized
         # meanwhile) starts from the stream's seed, as if it had been there all along.
         assert self.seed is not None
@@ -131,7 +142,7 @@ class RngStream:
             raise RuntimeError("an RngStream was left more often than it was entered")
         if layer.homes is None:  # its first entry: the stream's states are kept for the next one
             try:
-                own = take(self.devices, self._swap, guard=False)
+                own = take(self.devices, self._extra, guard=False)
             except BaseException:
                 leave(layer, exc)
                 raise
@@ -191,8 +202,8 @@ class RngStream:
         covered = {source.name for source in live_sources(self.devices, self._extra)}
         kept = [name for name in snapshot.names if name in covered or not is_device_part(name) or absent_device(name)]
         snapshot = snapshot._renamed({name: name for name in kept})
-        targets = resolve_targets(snapshot, self._extra, strict=False)
-        self._own = _converted(targets.entries, self.devices, self._swap)
+        targets = resolve_targets(snapshot, self._extra.sources, strict=False)
+        self._own = _converted(targets.entries, self.devices, self._extra)
         self.seed = seed
         return targets.report(warn_from=2)
 
@@ -247,7 +258,7 @@ def isolated(
     """
     checked_seed = check_seed(seed)
     checked_devices = check_devices(devices)
-    extra = generator_sources(generators)
+    extra = extra_sources(generators)
 
     def decorate(target: F) -> F:
         return isolate_checked(target, checked_seed, checked_devices, extra)
@@ -255,20 +266,19 @@ def isolated(
     return decorate if fn is None else decorate(fn)
 
 
-def isolate_checked(fn: F, seed: int | None, devices: tuple[int, ...] | None, extra: tuple[RngSource, ...]) -> F:
+def isolate_checked(fn: F, seed: int | None, devices: tuple[int, ...] | None, extra: SourceSet) -> F:
     """``isolated`` for arguments that were already checked (``fork_rng`` as a decorator)."""
-    swap = SourceSet(extra)
-    return _wrap(fn, lambda: _Fork(devices, swap, seed), lambda: RngStream._private(seed, devices, extra))
+    return _wrap(fn, lambda: _Fork(devices, extra, seed), lambda: RngStream._private(seed, devices, extra))
 
 
-def _settled_then(prepare: Prepare) -> Prepare:
-    return functools.partial(_check_settled_then, prepare)
+def _not_capturing_then(prepare: Prepare) -> Prepare:
+    return functools.partial(_check_not_capturing_then, prepare)
 
 
 @protected
-def _check_settled_then(prepare: Prepare, capture: Capture) -> None:
-    capture.sources.check_settled()
-    prepare(capture)
+def _check_not_capturing_then(prepare: Prepare, layer: Saved) -> None:
+    layer.sources.check_not_graph_capturing()
+    prepare(layer)
 
 
 def _saved_seed(seed: object) -> int | None:
@@ -283,15 +293,15 @@ def _saved_seed(seed: object) -> int | None:
 
 
 @protected
-def _converted(entries: list[tuple[RngSource, Any]], devices: tuple[int, ...] | None, swap: SourceSet) -> Capture:
+def _converted(entries: list[tuple[RngSource, Any]], devices: tuple[int, ...] | None, extra: SourceSet) -> Saved:
     """What a stream keeps for the parts ``entries``: put in, taken the way the stream
     saves itself, and the caller's states put back, a SIGINT held meanwhile."""
     shielded = shield()
     try:
-        caller = take(devices, swap, guard=False)
+        caller = take(devices, extra, guard=False)
         try:
             restore_all(entries)
-            return take(devices, swap, guard=False)
+            return take(devices, extra, guard=False)
         finally:
             caller.restore()
     finally:
@@ -302,18 +312,18 @@ def _converted(entries: list[tuple[RngSource, Any]], devices: tuple[int, ...] | 
 class _Fork:
     """A one-shot fork: the light context for a plain call."""
 
-    __slots__ = ("capture", "devices", "extra", "seed")
+    __slots__ = ("devices", "extra", "layer", "seed")
 
     def __init__(self, devices: tuple[int, ...] | None, extra: SourceSet, seed: int | None) -> None:
         self.devices, self.extra, self.seed = devices, extra, seed
 
     @protected
     def __enter__(self) -> None:
-        self.capture = enter(self, self.devices, self.extra, self.seed, frames_to_user=3)
+        self.layer = enter(self, self.devices, self.extra, self.seed, frames_to_user=3)
 
     @protected
     def __exit__(self, exc_type: object, exc: BaseException | None, traceback: object) -> None:
-        leave(self.capture, exc)
+        leave(self.layer, exc)
 
 
 Context = Any  # anything with __enter__/__exit__

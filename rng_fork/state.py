@@ -8,18 +8,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from ._checks import check_seed, short_repr
-from ._swap import capture_parts, live_sources, plan_for, restore_all
+from ._swap import NO_SOURCES, SourceSet, extra_sources, live_sources, plan_for, restore_all, snapshot_parts
 from .errors import RngForkWarning
 from .sources import (
+    GENERATOR_PREFIX,
     Part,
     RngSource,
     codec_for,
     generator_sources,
     is_device_part,
-    registered_sources,
+    registered_families,
     source_family,
 )
-from .sources.objects import GENERATOR_PREFIX
 
 
 def _named(name: str, exc: Exception) -> Exception:
@@ -64,12 +64,6 @@ class RngState:
             except (TypeError, ValueError) as exc:
                 raise _named(name, exc) from None
         object.__setattr__(self, "_parts", checked)
-
-    @classmethod
-    def capture(cls, generators: Iterable[object] = ()) -> RngState:
-        """A snapshot of every default source and of ``generators``; see :func:`get_rng_state`."""
-        parts = capture_parts(None, generator_sources(generators))
-        return cls._trusted({source.name: (source.codec.tag, part) for source, part in parts})
 
     @classmethod
     def _trusted(cls, parts: dict[str, tuple[str, Part]]) -> RngState:
@@ -165,7 +159,13 @@ def get_rng_state(*, generators: Iterable[object] = ()) -> RngState:
         rng_fork.set_rng_state(state)
         assert torch.equal(torch.rand(3), a)
     """
-    return RngState.capture(generators)
+    return snapshot(extra_sources(generators))
+
+
+def snapshot(extra: SourceSet = NO_SOURCES) -> RngState:
+    """:func:`get_rng_state` for ``generators=`` already resolved (as blocks keep them)."""
+    parts = snapshot_parts(None, extra)
+    return RngState._trusted({source.name: (source.codec.tag, part) for source, part in parts})
 
 
 @dataclass(frozen=True)
@@ -325,9 +325,9 @@ def seed_all(seed: int) -> None:
     """
     checked = check_seed(seed, allow_none=False)
     assert checked is not None
-    plan_for(None).sources.check_settled()  # during a CUDA graph capture: refused before anything is seeded
+    plan_for(None).sources.check_not_graph_capturing()  # refused before anything is seeded
     failed: list[str] = []
-    for source in registered_sources():
+    for source in registered_families():
         try:
             source.seed(checked)
         except Exception as exc:  # noqa: BLE001 - the others are still seeded; all failures are named below

@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 import rng_fork
 import rng_fork.distributed as rd
 from rng_fork import PlainCodec, RngSource, get_rng_state
-from rng_fork.sources import LazyDeviceSource, current_devices
+from rng_fork.sources import LazyDeviceFamily, current_devices
 
 from .fakebackend import FakeLazyBackend
 
@@ -186,10 +186,10 @@ class HolderSource(RngSource):
         self.value = value
         self.fail_restore = fail_restore
 
-    def capture(self) -> int:
+    def save(self) -> int:
         return self.value
 
-    def restore(self, part: Any) -> None:
+    def load(self, part: Any) -> None:
         if self.fail_restore:
             raise RuntimeError(f"{self.name} cannot be restored here")
         self.value = part
@@ -309,7 +309,7 @@ def one_device_per_rank(rank: int, world_size: int, out: Path) -> dict[str, Any]
     """Every rank sees two devices and draws on its own, as torchrun jobs without CUDA_VISIBLE_DEVICES do."""
     backend = FakeLazyBackend(count=world_size)
     backend.set_device(rank)
-    rng_fork.register_source(LazyDeviceSource("fakedev", backend))
+    rng_fork.register_source(LazyDeviceFamily("fakedev", backend))
     seen: dict[str, Any] = {"current": current_devices()}  # before initialization: none
     backend.init()
     seen["current_initialized"] = current_devices()

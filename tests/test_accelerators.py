@@ -1,7 +1,7 @@
 """Backends other than CUDA, and CUDA graph capture, against stand-in modules on the CPU.
 
-``ModuleDeviceSource`` covers MPS and PrivateUse1 backends that offer only RNG
-functions; ``LazyDeviceSource`` (see test_lazy_devices.py) those that copy
+``ModuleDeviceFamily`` covers MPS and PrivateUse1 backends that offer only RNG
+functions; ``LazyDeviceFamily`` (see test_lazy_devices.py) those that copy
 torch.cuda. The real-hardware checks are in test_cuda.py.
 """
 
@@ -17,7 +17,7 @@ import torch
 
 import rng_fork
 from rng_fork import PlainCodec, RngForkWarning, RngSource, RngStream, fork_rng
-from rng_fork.sources import LazyDeviceSource, ModuleDeviceSource, current_devices, device_source
+from rng_fork.sources import LazyDeviceFamily, ModuleDeviceFamily, current_devices, device_family
 
 from .fakebackend import FakeLazyBackend, FakeModuleBackend
 
@@ -25,7 +25,7 @@ from .fakebackend import FakeLazyBackend, FakeModuleBackend
 @pytest.fixture
 def acc() -> Iterator[FakeModuleBackend]:
     backend = FakeModuleBackend(count=2)
-    rng_fork.register_source(ModuleDeviceSource("acc", backend, device_type="cpu"))
+    rng_fork.register_source(ModuleDeviceFamily("acc", backend, device_type="cpu"))
     try:
         yield backend
     finally:
@@ -79,7 +79,7 @@ def test_a_block_that_initializes_it_is_reported(acc: FakeModuleBackend) -> None
 
 def test_a_backend_without_a_lazy_flag_is_forked_whenever_it_has_devices() -> None:
     mps_like = FakeModuleBackend(count=1, lazy=False)
-    source = rng_fork.register_source(ModuleDeviceSource("mpslike", mps_like, device_type="cpu"))
+    source = rng_fork.register_source(ModuleDeviceFamily("mpslike", mps_like, device_type="cpu"))
     try:
         assert source.available() and not source.inert()
         before = _states(mps_like)
@@ -92,7 +92,7 @@ def test_a_backend_without_a_lazy_flag_is_forked_whenever_it_has_devices() -> No
 
 def test_several_device_types_are_forked_together(acc: FakeModuleBackend) -> None:
     lazy = FakeLazyBackend(count=2)
-    rng_fork.register_source(LazyDeviceSource("lazyacc", lazy, device_type="cpu"))
+    rng_fork.register_source(LazyDeviceFamily("lazyacc", lazy, device_type="cpu"))
     try:
         acc.init()
         lazy.init()
@@ -107,20 +107,20 @@ def test_several_device_types_are_forked_together(acc: FakeModuleBackend) -> Non
 
 
 def test_device_source_picks_the_adapter() -> None:
-    assert type(device_source("cuda")) is LazyDeviceSource
-    assert type(device_source("fake", FakeLazyBackend())) is LazyDeviceSource
-    assert type(device_source("acc", FakeModuleBackend())) is ModuleDeviceSource
+    assert type(device_family("cuda")) is LazyDeviceFamily
+    assert type(device_family("fake", FakeLazyBackend())) is LazyDeviceFamily
+    assert type(device_family("acc", FakeModuleBackend())) is ModuleDeviceFamily
     with pytest.raises(ValueError, match="no module for device type 'nosuchdevice'"):
-        device_source("nosuchdevice")
+        device_family("nosuchdevice")
     with pytest.raises(TypeError, match="no get_rng_state, set_rng_state"):
-        device_source("bare", object.__new__(type("Bare", (), {"device_count": lambda self: 1})))
+        device_family("bare", object.__new__(type("Bare", (), {"device_count": lambda self: 1})))
 
 
 def test_current_devices_names_each_initialized_types_current_device(acc: FakeModuleBackend) -> None:
     lazy = FakeLazyBackend(count=2)
     single = FakeModuleBackend(count=1, lazy=False)
-    rng_fork.register_source(LazyDeviceSource("lazyacc", lazy, device_type="cpu"))
-    rng_fork.register_source(ModuleDeviceSource("single", single, device_type="cpu"))
+    rng_fork.register_source(LazyDeviceFamily("lazyacc", lazy, device_type="cpu"))
+    rng_fork.register_source(ModuleDeviceFamily("single", single, device_type="cpu"))
     try:
         # Uninitialized types have none (asking would initialize them); a module without
         # current_device has one only if it has a single device (MPS).
@@ -139,7 +139,7 @@ def test_current_devices_names_each_initialized_types_current_device(acc: FakeMo
 
 def test_mps_is_registered_and_inert_without_a_device() -> None:
     entry = next(e for e in rng_fork.info() if e["name"] == "mps")
-    assert entry["type"] == "ModuleDeviceSource"
+    assert entry["type"] == "ModuleDeviceFamily"
     if torch.mps.device_count():
         pytest.skip("this machine has an MPS device")
     assert entry["available"] is False and entry["device_count"] == 0
@@ -205,7 +205,7 @@ class _CapturingBackend(FakeLazyBackend):
 def capturing() -> Iterator[_CapturingBackend]:
     backend = _CapturingBackend(count=1)
     backend.init()
-    rng_fork.register_source(LazyDeviceSource("graphs", backend, device_type="cpu"))
+    rng_fork.register_source(LazyDeviceFamily("graphs", backend, device_type="cpu"))
     try:
         yield backend
     finally:
@@ -244,10 +244,10 @@ class _SeedRecorder(RngSource):
     def __init__(self) -> None:
         self.seeds: list[int] = []
 
-    def capture(self) -> int:
+    def save(self) -> int:
         return len(self.seeds)
 
-    def restore(self, part: Any) -> None:
+    def load(self, part: Any) -> None:
         pass
 
     def seed(self, seed: int) -> None:

@@ -638,28 +638,6 @@ def test_import_leaves_global_generators_alone() -> None:
     assert same_py and same_np
 
 
-def test_without_numpy_python_fast_path_still_works() -> None:
-    code = textwrap.dedent(
-        """
-        import json, random, sys
-        sys.modules["numpy"] = None  # make "import numpy" fail
-        import importlib.util  # the module alone: rng_fork itself needs numpy
-        spec = importlib.util.spec_from_file_location("_fastpath", "rng_fork/sources/_fastpath.py")
-        fp = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(fp)
-        r = random.Random(3)
-        r.gauss(0.0, 1.0)
-        print(json.dumps([fp.FAST_PYTHON, fp.FAST_NUMPY, fp.fast_path_info()["numpy"],
-                          fp.capture_python(r) == fp.capture_python_portable(r)]))
-        """
-    )
-    env = dict(os.environ)
-    env.pop("RNG_FORK_PORTABLE", None)
-    fast_python, fast_numpy, info, same = _run_json(code, env)
-    assert fast_python and same
-    assert not fast_numpy and "numpy not importable" in info
-
-
 # --------------------------------------------------------------------------
 # savers: the (save, load) pairs forks use, in whichever mode is selected
 # --------------------------------------------------------------------------

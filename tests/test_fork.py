@@ -433,10 +433,10 @@ class _FlakySource(RngSource):
         self.value = 0
         self.fail = False
 
-    def capture(self) -> int:
+    def save(self) -> int:
         return self.value
 
-    def restore(self, part: object) -> None:
+    def load(self, part: object) -> None:
         if self.fail:
             raise OSError("disk on fire")
         self.value = int(part)  # type: ignore[call-overload]
@@ -604,15 +604,15 @@ def test_a_block_may_end_in_another_thread() -> None:
 
 
 def test_a_registration_while_a_plan_is_made_is_not_lost() -> None:
-    class Registering(_FlakySource):
-        name = "registering"
-
+    class Registering(rng_fork.OneGenerator):
         def inert(self) -> bool:  # asked while a plan is made
             if "flaky" not in [s.name for s in rng_fork.registered_sources()]:
                 rng_fork.register_source(_FlakySource())
             return False
 
-    rng_fork.register_source(Registering())
+    registering = _FlakySource()
+    registering.name = "registering"
+    rng_fork.register_source(Registering(registering))
     try:
         with fork_rng():
             pass

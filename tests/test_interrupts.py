@@ -334,10 +334,10 @@ class _InterruptedOnce(rng_fork.RngSource):
         self.value = 0
         self.interrupt = False
 
-    def capture(self) -> int:
+    def save(self) -> int:
         return self.value
 
-    def restore(self, part: object) -> None:
+    def load(self, part: object) -> None:
         if self.interrupt:
             self.interrupt = False
             raise KeyboardInterrupt
@@ -369,7 +369,7 @@ def test_a_failure_and_an_interrupt_are_both_reported() -> None:
     class Broken(_InterruptedOnce):
         name = "broken"
 
-        def restore(self, part: object) -> None:
+        def load(self, part: object) -> None:
             raise RuntimeError("cannot")
 
     broken, interrupted = rng_fork.register_source(Broken()), rng_fork.register_source(_InterruptedOnce())
@@ -443,7 +443,7 @@ def test_blocks_in_other_threads_install_nothing() -> None:
 
 def test_a_second_sigint_while_one_is_held_goes_through() -> None:
     source = rng_fork.register_source(_InterruptedOnce())
-    original = source.restore
+    original = source.load
     first = [True]
 
     def slow_restore(part: object) -> None:
@@ -456,7 +456,7 @@ def test_a_second_sigint_while_one_is_held_goes_through() -> None:
                 original(part)
         original(part)
 
-    source.restore = slow_restore  # type: ignore[method-assign]
+    source.load = slow_restore  # type: ignore[method-assign]
     try:
         with pytest.raises(KeyboardInterrupt):
             with fork_rng():

@@ -12,7 +12,7 @@ import torch
 
 import rng_fork
 from rng_fork import fork_rng
-from rng_fork.sources import LazyDeviceSource
+from rng_fork.sources import LazyDeviceFamily
 
 from .fakebackend import FakeLazyBackend
 
@@ -20,7 +20,7 @@ from .fakebackend import FakeLazyBackend
 @pytest.fixture
 def fake() -> Iterator[FakeLazyBackend]:
     backend = FakeLazyBackend(count=2)
-    rng_fork.register_source(LazyDeviceSource("fake", backend, device_type="cpu"))
+    rng_fork.register_source(LazyDeviceFamily("fake", backend, device_type="cpu"))
     try:
         yield backend
     finally:
@@ -131,7 +131,7 @@ def test_set_rng_state_queues_device_parts(fake: FakeLazyBackend) -> None:
     state = rng_fork.get_rng_state()
     expected = fake.default_generators[1].get_state()
     other = FakeLazyBackend(count=2)
-    rng_fork.register_source(LazyDeviceSource("fake", other, device_type="cpu"), replace=True)
+    rng_fork.register_source(LazyDeviceFamily("fake", other, device_type="cpu"), replace=True)
     rng_fork.set_rng_state(state)
     assert not other.is_initialized()
     other.init()
@@ -177,7 +177,7 @@ def test_a_backend_without_devices_is_inert() -> None:
     from rng_fork._swap import plan_for
 
     empty = FakeLazyBackend(count=0)
-    source = rng_fork.register_source(LazyDeviceSource("empty", empty, device_type="cpu"))
+    source = rng_fork.register_source(LazyDeviceFamily("empty", empty, device_type="cpu"))
     try:
         assert source.inert()
         plan = plan_for(None)

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 import rng_fork
-from rng_fork import PlainCodec, RngSource, register_source, registered_sources
+from rng_fork import PlainCodec, RngFamily, RngSource, register_source, registered_sources
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # nothing here may reach the Hub; read when transformers is imported
 pytest.importorskip("accelerate", reason="needs accelerate: pip install -e '.[transformers]'")
@@ -392,7 +392,7 @@ def test_resume_after_an_evaluation(
 @pytest.fixture
 def hide_source() -> Iterator[Callable[[str], None]]:
     """Make forks and snapshots blind to one registered source, for one test."""
-    hidden: list[RngSource] = []
+    hidden: list[RngSource | RngFamily] = []
 
     def hide(name: str) -> None:
         hidden.append(next(s for s in registered_sources() if s.name == name))
@@ -403,22 +403,19 @@ def hide_source() -> Iterator[Callable[[str], None]]:
         register_source(source, replace=True)
 
 
-class Unseen(RngSource):
-    """Stands in for a registered source: never available, so never captured."""
+class Unseen(RngFamily):
+    """Stands in for a registered source: a family that never has a generator to save."""
 
     codec = PlainCodec("unseen")
 
     def __init__(self, name: str) -> None:
         self.name = name
 
-    def available(self) -> bool:
-        return False
+    def expand(self, devices: Any) -> tuple[RngSource, ...]:
+        return ()
 
-    def capture(self) -> Any:
-        raise AssertionError("never captured")
-
-    def restore(self, part: Any) -> None:
-        raise AssertionError("never restored")
+    def resolve(self, name: str) -> None:
+        return None
 
     def seed(self, seed: int) -> None:
         pass

@@ -158,7 +158,7 @@ def test_states_numpy_keeps_round_trip_exactly(kind: type[np.random.BitGenerator
 @given(data=st.data())
 def test_every_state_the_checks_allow_is_one_numpy_takes_and_keeps(data: st.DataObject) -> None:
     # The checks are not stricter than NumPy: any value in their ranges is taken, kept and snapshotted.
-    from rng_fork.sources.bit_generator_states import SCHEMAS, _Int
+    from rng_fork.sources.bit_generators import SCHEMAS, _Int
 
     name = data.draw(st.sampled_from(sorted(SCHEMAS)))
 
@@ -267,10 +267,10 @@ class _Keyed(rng_fork.RngSource):
     codec = PlainCodec("test-keyed")
     key: Any = (0, 1)
 
-    def capture(self) -> Any:
+    def save(self) -> Any:
         return self.key
 
-    def restore(self, part: Any) -> None:
+    def load(self, part: Any) -> None:
         type(self).key = part
 
     def seed(self, seed: int) -> None:

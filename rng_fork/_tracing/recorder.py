@@ -20,8 +20,7 @@ from typing import Any
 import torch
 
 from .._swap import SourceSet, plan_for
-from ..sources import RngSource
-from ..sources.objects import TorchState
+from ..sources import RngSource, TorchState
 from .frames import Site
 
 

@@ -27,11 +27,11 @@ snapshots compare equal whichever path took them; plain tuples of builtins,
 hence immutable, hashable, comparable and picklable without referencing this
 module):
 
-* :data:`PyCapture` = ``(raw, gauss_next)``: ``raw`` is 2,500 bytes, a
+* :data:`PythonState` = ``(raw, gauss_next)``: ``raw`` is 2,500 bytes, a
   little-endian ``int32`` index followed by the 624 little-endian ``uint32``
   state words (the order of the C struct); ``gauss_next`` is the object held
   by the instance attribute (``None`` or a float).
-* :data:`NpCapture` = ``(raw, has_gauss, gauss)``: ``raw`` is 2,500 bytes, the
+* :data:`NumpyState` = ``(raw, has_gauss, gauss)``: ``raw`` is 2,500 bytes, the
   624 little-endian ``uint32`` key words followed by the little-endian
   ``int32`` position (the order of NumPy's ``mt19937_state``); ``has_gauss`` is
   an ``int`` and ``gauss`` a ``float``, as ``RandomState.get_state`` reports
@@ -57,28 +57,26 @@ import random
 import struct
 import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, cast
+from typing import Any, NamedTuple, TypeVar
 
-try:  # NumPy is optional: without it only the Python-random functions work.
-    import numpy as np
+import numpy as np
 
-    _NUMPY_IMPORT_ERROR = ""
-except Exception as _exc:  # noqa: BLE001 - any import failure means "no numpy"  # pragma: no cover
-    _NUMPY_IMPORT_ERROR = f"{type(_exc).__name__}: {_exc}"
-    if not TYPE_CHECKING:
-        np = None
+from .plain import MT_RAW_BYTES, MT_WORDS
 
 __all__ = [
     "FAST_NUMPY",
     "FAST_PYTHON",
-    "NpCapture",
-    "PyCapture",
+    "NumpySaved",
+    "NumpyState",
+    "PythonState",
     "capture_numpy",
     "capture_numpy_portable",
     "capture_python",
     "capture_python_portable",
     "fast_path_info",
+    "mt19937_only",
     "numpy_savers",
+    "numpy_state_of",
     "python_savers",
     "restore_numpy",
     "restore_numpy_portable",
@@ -87,15 +85,14 @@ __all__ = [
 ]
 
 #: ``(raw index + 624 words, gauss_next)`` snapshot of a ``random.Random``.
-PyCapture = tuple[bytes, Any]
+PythonState = tuple[bytes, Any]
 #: ``(raw 624 key words + pos, has_gauss, gauss)`` snapshot of a RandomState.
-NpCapture = tuple[bytes, int, float]
+NumpyState = tuple[bytes, int, float]
 
 _T = TypeVar("_T")
 
-# Mersenne Twister sizes shared by both generators.
-_MT_N = 624
-_RAW_LEN = _MT_N * 4 + 4  # 624 uint32 words plus one C int (index / pos)
+_MT_N = MT_WORDS
+_RAW_LEN = MT_RAW_BYTES
 
 # The canonical snapshot formats.  Little-endian is fixed (not native) so a
 # pickled snapshot means the same thing on every machine; the fast path is
@@ -177,28 +174,21 @@ def _single(candidates: set[int] | None, what: str) -> int:
 # --------------------------------------------------------------------------
 
 
-def capture_python_portable(r: random.Random) -> PyCapture:
+def capture_python_portable(r: random.Random) -> PythonState:
     """Snapshot ``r`` through ``random.Random.getstate`` (official API).
 
     ``random.Random.getstate`` is called unbound so that the base Mersenne
     Twister state is captured even if a subclass overrides ``getstate``,
     exactly what the fast path reads.
     """
-    return python_part(random.Random.getstate(r))
-
-
-def python_part(saved: Any) -> PyCapture:
-    """The snapshot part for what :func:`python_savers`' ``save`` returned, on either path."""
-    if len(saved) == 2:  # the fast path saves the part itself
-        return cast(PyCapture, saved)
-    _version, internal, gauss_next = saved  # random.Random.getstate()
+    _version, internal, gauss_next = random.Random.getstate(r)
     # internal = (word0, ..., word623, index); the canonical order puts the
     # index first, as in the C struct.
     return (_PY_RAW.pack(internal[_MT_N], *internal[:_MT_N]), gauss_next)
 
 
-def restore_python_portable(r: random.Random, captured: PyCapture) -> None:
-    """Restore a :data:`PyCapture` into ``r`` through ``random.Random.setstate``."""
+def restore_python_portable(r: random.Random, captured: PythonState) -> None:
+    """Restore a :data:`PythonState` into ``r`` through ``random.Random.setstate``."""
     raw, gauss_next = captured
     values = _PY_RAW.unpack(raw)
     random.Random.setstate(r, (random.Random.VERSION, values[1:] + values[:1], gauss_next))
@@ -244,7 +234,7 @@ def _py_view(r: random.Random) -> ctypes.Array[ctypes.c_char]:
     return view
 
 
-def _capture_python_fast(r: random.Random) -> PyCapture:
+def _capture_python_fast(r: random.Random) -> PythonState:
     """Snapshot ``r`` by copying its C struct (same value as the portable one)."""
     entry = _py_views.get(id(r))
     view = entry[1] if entry is not None and entry[0] is r else _py_view(r)
@@ -252,8 +242,8 @@ def _capture_python_fast(r: random.Random) -> PyCapture:
     return (view.raw, r.gauss_next)  # type: ignore[attr-defined]
 
 
-def _restore_python_fast(r: random.Random, captured: PyCapture) -> None:
-    """Restore a :data:`PyCapture` into ``r`` by writing its C struct."""
+def _restore_python_fast(r: random.Random, captured: PythonState) -> None:
+    """Restore a :data:`PythonState` into ``r`` by writing its C struct."""
     raw, gauss_next = captured
     # A short buffer would silently leave old words behind (c_char arrays
     # accept shorter input), so the length is the one check made here.
@@ -369,29 +359,33 @@ def _mt19937_of(rs: np.random.RandomState) -> Any:
     """
     bg = rs._bit_generator
     if not isinstance(bg, np.random.MT19937):
-        raise TypeError(f"only MT19937-backed RandomState is supported, got {type(bg).__name__}")
+        raise TypeError(mt19937_only(type(bg).__name__))
     return bg
 
 
-def capture_numpy_portable(rs: np.random.RandomState) -> NpCapture:
+def mt19937_only(bit_generator: str) -> str:
+    """The one rule for a RandomState that draws from another bit generator than MT19937, in words."""
+    return (
+        f"this RandomState draws from {bit_generator}: snapshots (and checkpoints) of a RandomState hold "
+        "MT19937 states only; forks cover one on any bit generator"
+    )
+
+
+def capture_numpy_portable(rs: np.random.RandomState) -> NumpyState:
     """Snapshot ``rs`` through ``RandomState.get_state`` (official API)."""
-    return numpy_part((_mt19937_of(rs), rs.get_state(legacy=False)))
+    _mt19937_of(rs)
+    return numpy_state_of(rs.get_state(legacy=False))
 
 
-def numpy_part(saved: Any) -> NpCapture:
-    """The snapshot part for what :func:`numpy_savers`' ``save`` returned, in either form."""
-    if len(saved) == 3:  # the fast form is the part itself
-        return cast(NpCapture, saved)
-    bit_generator, st = saved  # the bit generator and RandomState.get_state(legacy=False)
-    if not isinstance(bit_generator, np.random.MT19937):
-        raise TypeError(f"only MT19937-backed RandomState is supported, got {type(bit_generator).__name__}")
-    inner = st["state"]
+def numpy_state_of(state: dict[str, Any]) -> NumpyState:
+    """The :data:`NumpyState` of an MT19937 RandomState's ``get_state(legacy=False)``."""
+    inner = state["state"]
     key = np.asarray(inner["key"], dtype="<u4")
-    return (key.tobytes() + _I32.pack(int(inner["pos"])), int(st["has_gauss"]), float(st["gauss"]))
+    return (key.tobytes() + _I32.pack(int(inner["pos"])), int(state["has_gauss"]), float(state["gauss"]))
 
 
-def restore_numpy_portable(rs: np.random.RandomState, captured: NpCapture) -> None:
-    """Restore an :data:`NpCapture` into ``rs`` through ``RandomState.set_state``."""
+def restore_numpy_portable(rs: np.random.RandomState, captured: NumpyState) -> None:
+    """Restore an :data:`NumpyState` into ``rs`` through ``RandomState.set_state``."""
     raw, has_gauss, gauss = captured
     bg = _mt19937_of(rs)
     key = np.frombuffer(raw, dtype="<u4", count=_MT_N)
@@ -471,7 +465,7 @@ def _np_entry(rs: np.random.RandomState) -> _NpEntry | None:
     return entry
 
 
-def _capture_numpy_fast(rs: np.random.RandomState) -> NpCapture:
+def _capture_numpy_fast(rs: np.random.RandomState) -> NumpyState:
     """Snapshot ``rs`` by copying raw memory (same value as the portable one)."""
     e = _np_views.get(id(rs))
     if e is None or e.rs is not rs or rs._bit_generator is not e.bg:
@@ -481,8 +475,8 @@ def _capture_numpy_fast(rs: np.random.RandomState) -> NpCapture:
     return (e.mt.raw, e.has_gauss.value, e.gauss.value)
 
 
-def _restore_numpy_fast(rs: np.random.RandomState, captured: NpCapture) -> None:
-    """Restore an :data:`NpCapture` into ``rs`` by writing raw memory."""
+def _restore_numpy_fast(rs: np.random.RandomState, captured: NumpyState) -> None:
+    """Restore an :data:`NumpyState` into ``rs`` by writing raw memory."""
     raw, has_gauss, gauss = captured
     if len(raw) != _RAW_LEN:
         raise ValueError(f"raw NumPy state must be {_RAW_LEN} bytes, got {len(raw)}")
@@ -535,8 +529,6 @@ def _discover_numpy() -> _NpLayout:
     6. The global ``np.random.mtrand._rand`` is checked read-only.
     """
     _require_raw_memory_platform()
-    if np is None:  # pragma: no cover - numpy is installed in tests
-        raise _UnavailableError(f"numpy not importable ({_NUMPY_IMPORT_ERROR})")
     rs_type = np.random.RandomState
     basicsize = int(rs_type.__basicsize__)
     header = object.__basicsize__
@@ -673,10 +665,10 @@ FAST_PYTHON: bool = _PY_SELECTED is not None
 #: True when capture_numpy/restore_numpy use verified raw memory copies.
 FAST_NUMPY: bool = _NP_SELECTED is not None
 
-capture_python: Callable[[random.Random], PyCapture]
-restore_python: Callable[[random.Random, PyCapture], None]
-capture_numpy: Callable[[np.random.RandomState], NpCapture]
-restore_numpy: Callable[[np.random.RandomState, NpCapture], None]
+capture_python: Callable[[random.Random], PythonState]
+restore_python: Callable[[random.Random, PythonState], None]
+capture_numpy: Callable[[np.random.RandomState], NumpyState]
+restore_numpy: Callable[[np.random.RandomState, NumpyState], None]
 
 # The public names are bound once, here, so a call costs no dispatch.
 if FAST_PYTHON:
@@ -689,70 +681,84 @@ else:
     capture_numpy, restore_numpy = capture_numpy_portable, restore_numpy_portable
 
 
-PySavers = tuple[Callable[[], PyCapture], Callable[[PyCapture], None]]
+PythonSavers = tuple[Callable[[], PythonState], Callable[[PythonState], None]]
+
+NumpySaved = tuple[Any, bytes | None, int, float, dict[str, Any] | None]
+"""What :func:`numpy_savers` saves, on either path: ``(bit_generator, raw, has_gauss, gauss, state)``.
+
+``bit_generator`` is the object the RandomState draws from. On MT19937, ``raw``,
+``has_gauss`` and ``gauss`` are its :data:`NumpyState` and ``state`` is None;
+on any other bit generator ``raw`` is None and ``state`` is NumPy's
+``get_state(legacy=False)``."""
 
 
-def python_savers(r: random.Random) -> PySavers:
+def python_savers(r: random.Random) -> PythonSavers:
     """``(save, load)`` bound to ``r``: the cheapest copy of its state out and back in.
 
-    ``load`` takes only what ``save`` returned (the same format as
-    :func:`capture_python`), so it skips the checks a restore makes.
+    Both paths save a :data:`PythonState`; ``load`` takes only what ``save``
+    returned, so it skips the checks a restore makes.
     """
     if not FAST_PYTHON:
-        # The official API as it is: a fork never needs the snapshot format.
-        return functools.partial(random.Random.getstate, r), functools.partial(random.Random.setstate, r)
+        return functools.partial(capture_python_portable, r), functools.partial(restore_python_portable, r)
     # The closures hold r, which keeps the view's memory valid.
     view = _py_view(r)
 
-    def save() -> PyCapture:
+    def save() -> PythonState:
         return (view.raw, r.gauss_next)  # type: ignore[attr-defined]
 
-    def load(saved: PyCapture) -> None:
+    def load(saved: PythonState) -> None:
         view.raw = saved[0]
         r.gauss_next = saved[1]  # type: ignore[attr-defined]
 
     return save, load
 
 
-def numpy_savers(rs: np.random.RandomState) -> tuple[Callable[[], Any], Callable[[Any], None]]:
-    """``(save, load)`` bound to ``rs``, as :func:`python_savers`.
+def numpy_savers(rs: np.random.RandomState) -> tuple[Callable[[], NumpySaved], Callable[[NumpySaved], None]]:
+    """``(save, load)`` bound to ``rs``, as :func:`python_savers`, saving a :data:`NumpySaved`.
 
     Unlike the snapshot functions these take any bit generator (through the
     official ``get_state``/``set_state`` where the fast path does not apply) and save
     which bit generator object ``rs`` draws from: a block that swaps it
     (``np.random.set_bit_generator``) finds the original one put back.
     """
+    entry = _np_entry(rs) if FAST_NUMPY and isinstance(rs._bit_generator, np.random.MT19937) else None
 
-    def save_any() -> tuple[Any, Any]:
-        return rs._bit_generator, rs.get_state(legacy=False)
+    def save_official() -> NumpySaved:
+        bg = rs._bit_generator
+        state = rs.get_state(legacy=False)
+        if isinstance(bg, np.random.MT19937):
+            return (bg, *numpy_state_of(state), None)
+        return (bg, None, 0, 0.0, state)
 
-    def load_any(saved: tuple[Any, Any]) -> None:
-        bg, state = saved
+    def load_official(saved: NumpySaved) -> None:
+        bg, raw, has_gauss, gauss, state = saved
         if rs._bit_generator is not bg:
             np.random.RandomState.__init__(rs, bg)  # what set_bit_generator does for the global
-        rs.set_state(state)
+        if raw is None:
+            assert state is not None  # saved from another bit generator than MT19937
+            rs.set_state(state)
+        else:
+            restore_numpy_portable(rs, (raw, has_gauss, gauss))
 
-    entry = _np_entry(rs) if FAST_NUMPY and isinstance(rs._bit_generator, np.random.MT19937) else None
     if entry is None:
-        return save_any, load_any
-    bg, mt, has_gauss, gauss = entry.bg, entry.mt, entry.has_gauss, entry.gauss
+        return save_official, load_official
+    fast_bg, mt, cached, value = entry.bg, entry.mt, entry.has_gauss, entry.gauss
 
-    # The fast form, (raw, has_gauss, gauss), always belongs to bg; the other one is (bit generator, state).
-    def save() -> Any:
-        if rs._bit_generator is not bg:
-            return save_any()
-        return (mt.raw, has_gauss.value, gauss.value)
+    def save() -> NumpySaved:
+        if rs._bit_generator is not fast_bg:
+            return save_official()
+        return (fast_bg, mt.raw, cached.value, value.value, None)
 
-    def load(saved: Any) -> None:
-        if len(saved) == 2:
-            load_any(saved)
+    def load(saved: NumpySaved) -> None:
+        if saved[0] is not fast_bg or saved[1] is None:
+            load_official(saved)
             return
-        if rs._bit_generator is not bg:
-            np.random.RandomState.__init__(rs, bg)
+        if rs._bit_generator is not fast_bg:
+            np.random.RandomState.__init__(rs, fast_bg)
         # Same order as RandomState.set_state: cache first, then the MT state.
-        gauss.value = saved[2]
-        has_gauss.value = saved[1]
-        mt.raw = saved[0]
+        value.value = saved[3]
+        cached.value = saved[2]
+        mt.raw = saved[1]
 
     return save, load
 

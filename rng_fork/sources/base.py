@@ -1,14 +1,17 @@
-"""The adapter every RNG family implements, and the codec that describes its state.
+"""The two things rng_fork is extended with: generator adapters and families of them.
 
-A *source* is one generator that rng_fork can save and put back: Python's global
-``random``, NumPy's legacy global generator, torch's CPU generator, one CUDA
-device, or a generator object the user passes in. Each has the same four verbs:
-``available``, ``capture``, ``restore`` and ``seed``.
+A *source* (:class:`RngSource`) is one generator that rng_fork can save and put
+back: Python's global ``random``, NumPy's legacy global generator, torch's CPU
+generator, one CUDA device, or a generator object the user passes in. It has
+three verbs, ``save``, ``load`` and ``seed``, and a *codec* that describes its
+snapshot form (a *part*): how to validate one, and how to turn it into plain
+checkpoint data and back. Parts are immutable values that compare with ``==``,
+hash and pickle, so a snapshot is a value, not a view of live generators.
 
-A *codec* describes the format of what ``capture`` returns (a *part*): how to
-validate one, and how to turn it into plain checkpoint data and back. Parts are
-immutable values that compare with ``==``, hash and pickle, so a snapshot is a
-value, not a view of live generators.
+A *family* (:class:`RngFamily`) stands for generators that come and go with the
+process: one per device of an accelerator type, present only while its runtime
+is initialized. The registry holds families; a plain source registers as the
+family of one generator (:class:`OneGenerator`).
 """
 
 from __future__ import annotations
@@ -30,6 +33,9 @@ Plain = dict[str, Any]
 
 Savers = tuple[Callable[[], Any], Callable[[Any], object]]
 """``(save, load)`` of one generator: ``load(save())`` puts its state back."""
+
+Devices = Sequence[int] | None
+"""Device indices a fork selects (``devices=``), or None for every device."""
 
 
 class Codec(ABC):
@@ -109,7 +115,7 @@ def _plain_value(value: object, tag: str, depth: int = 0) -> Any:
 class LazyGuard(Protocol):
     """Protects a runtime that was not initialized when a fork began.
 
-    The fork cannot capture such a runtime's generators (that would initialize
+    The fork cannot save such a runtime's generators (that would initialize
     it), so the guard instead undoes at exit what the block did to it: seeds
     queued for a later initialization, or an initialization the block caused.
     """
@@ -125,13 +131,14 @@ class LazyGuard(Protocol):
 
 
 class RngSource(ABC):
-    """One generator rng_fork saves and restores: the four verbs plus a codec.
+    """One generator rng_fork saves and puts back: ``save``, ``load``, ``seed`` and a codec.
 
-    Subclass it to add a source, then :func:`rng_fork.register_source` an instance.
-    A source that stands for several generators (one per device) overrides
-    ``expand`` and ``resolve``; one whose runtime initializes lazily also
-    overrides ``guard``. Forks cache what they capture, and ask ``available``
-    again before each fork only where a subclass overrides it.
+    ``save()`` returns the generator's state in the source's *saved* form, the
+    cheapest copy there is (forks and streams keep it); ``load(saved)`` puts it
+    back exactly. A snapshot holds a *part*: ``part_of(saved)``, an immutable
+    value the ``codec`` checks and converts; ``saved_of(part)`` turns one back.
+    Both default to the value itself, for sources whose saved form already is a
+    part. Subclass it and :func:`rng_fork.register_source` an instance.
 
     Example::
 
@@ -139,11 +146,11 @@ class RngSource(ABC):
             name = "jax"
             codec = PlainCodec("jax")
 
-            def capture(self):
+            def save(self):
                 return tuple(int(x) for x in holder.key)
 
-            def restore(self, part):
-                holder.key = jax.numpy.asarray(part, dtype=jax.numpy.uint32)
+            def load(self, saved):
+                holder.key = jax.numpy.asarray(saved, dtype=jax.numpy.uint32)
 
             def seed(self, seed):
                 holder.key = jax.random.PRNGKey(seed)
@@ -154,72 +161,48 @@ class RngSource(ABC):
     name: str
     codec: Codec
 
-    def available(self) -> bool:
-        """Whether this source can be captured now without side effects."""
-        return True
-
-    def inert(self) -> bool:
-        """Whether this source can never capture nor guard anything in this process.
-
-        A backend with no devices is inert; forks then skip it without asking again.
-        """
-        return False
+    @abstractmethod
+    def save(self) -> Any:
+        """The generator's current state, in this source's saved form."""
 
     @abstractmethod
-    def capture(self) -> Part:
-        """Return the generator's current state as an immutable part."""
-
-    @abstractmethod
-    def restore(self, part: Part) -> None:
-        """Put the generator back into the state ``part`` (already checked)."""
+    def load(self, saved: Any) -> None:
+        """Put the generator back into the state ``save`` returned."""
 
     @abstractmethod
     def seed(self, seed: int) -> None:
         """Seed the generator from an int in ``[0, 2**32)``."""
 
-    def savers(self) -> Savers:
-        """``(save, load)``: the cheapest way to copy this generator's state out and back in.
-
-        Forks and streams use it: ``load(save())`` must restore exactly, but
-        what ``save`` returns never leaves rng_fork, so it need not be a
-        checked, immutable part. The default is ``(capture, restore)``; override it only where
-        something cheaper exists (torch's generators hand out their state tensor).
-        """
-        return self.capture, self.restore
-
     def part_of(self, saved: Any) -> Part:
-        """The part ``capture`` would give for a value ``savers()``'s ``save`` returned.
-
-        Lets a kept fork (an :class:`~rng_fork.RngStream`) be checkpointed without
-        putting its states back into the generators. The default savers save
-        parts, so the default returns ``saved`` as it is.
-        """
+        """The snapshot part for a saved state (by default the saved state itself)."""
         return cast(Part, saved)
 
-    def check_settled(self) -> None:
-        """Raise ``RuntimeError`` if the generator is in a passing mode now (a device stream
-        capturing a CUDA graph) in which it must not be seeded, snapshotted or entered by a
-        stream whose state outlives the block. Called before any of those changes anything."""
-        return None
+    def saved_of(self, part: Part) -> Any:
+        """The saved form of a checked part, what :meth:`load` takes (by default the part itself)."""
+        return part
+
+    def capture(self) -> Part:
+        """The generator's current state as a snapshot part."""
+        return self.part_of(self.save())
+
+    def restore(self, part: Part) -> None:
+        """Put the generator into the state of a checked part."""
+        self.load(self.saved_of(part))
+
+    def savers(self) -> Savers:
+        """``(save, load)`` as forks call them: the two methods, or faster callables with the same
+        saved form (bound to verified memory views, say)."""
+        return self.save, self.load
 
     def check_target(self, part: Part) -> None:
-        """Raise if ``part`` (well formed for the codec) cannot go into this generator."""
+        """Raise ``TypeError``/``ValueError`` if ``part`` (well formed for the codec) cannot go
+        into this generator."""
         return None
 
-    def check_devices(self, devices: Sequence[int]) -> None:
-        """Raise ``ValueError`` if ``devices`` names a device this source does not have."""
-        return None
-
-    def expand(self, devices: Sequence[int] | None) -> Sequence[RngSource]:
-        """The generators to capture now; ``devices`` selects device indices, if any."""
-        return (self,) if self.available() else ()
-
-    def resolve(self, name: str) -> RngSource | None:
-        """The generator a saved part named ``name`` should be restored into, if any."""
-        return self if name == self.name and self.available() else None
-
-    def guard(self, devices: Sequence[int] | None) -> LazyGuard | None:
-        """A guard for a runtime that is not yet initialized, or None."""
+    def check_not_graph_capturing(self) -> None:
+        """Raise ``RuntimeError`` if the generator is being captured into a CUDA graph now, where
+        it must not be seeded, snapshotted or entered by a stream whose state outlives the block.
+        Called before any of those changes anything."""
         return None
 
     def identity(self) -> Hashable:
@@ -229,7 +212,106 @@ class RngSource(ABC):
 
     def describe(self) -> dict[str, Any]:
         """A short description for :func:`rng_fork.info`."""
+        return {"name": self.name, "type": type(self).__name__}
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r}>"
+
+
+class RngFamily(ABC):
+    """Generators that come and go with the process: each device of an accelerator type.
+
+    ``expand`` gives the sources a fork saves now, ``resolve`` the one a saved
+    part goes into, ``seed`` seeds them all (:func:`rng_fork.seed_all`). A family
+    whose availability can change overrides ``available``, which forks then ask
+    before each fork (it must be cheap); one whose runtime initializes lazily
+    returns a :class:`LazyGuard` from ``guard``.
+
+    Example::
+
+        class Shards(RngFamily):          # one generator per shard of a sharded model
+            name = "shard"
+            codec = TorchGeneratorSource.codec
+
+            def expand(self, devices):
+                return [TorchGeneratorSource(f"shard:{i}", g) for i, g in enumerate(generators)]
+
+            def resolve(self, name):
+                return next((s for s in self.expand(None) if s.name == name), None)
+
+            def seed(self, seed):
+                for g in generators:
+                    g.manual_seed(seed)
+    """
+
+    name: str
+    codec: Codec
+
+    def available(self) -> bool:
+        """Whether ``expand`` can give generators now without side effects."""
+        return True
+
+    def inert(self) -> bool:
+        """Whether this family can never give nor guard anything in this process (a backend with
+        no devices); forks then skip it without asking again."""
+        return False
+
+    @abstractmethod
+    def expand(self, devices: Devices) -> Sequence[RngSource]:
+        """The generators a fork saves now; ``devices`` selects device indices, if any."""
+
+    @abstractmethod
+    def resolve(self, name: str) -> RngSource | None:
+        """The generator a saved part named ``name`` goes into, if this process has it."""
+
+    @abstractmethod
+    def seed(self, seed: int) -> None:
+        """Seed every generator of the family (lazily where its runtime is not up)."""
+
+    def check_devices(self, devices: Sequence[int]) -> None:
+        """Raise ``ValueError`` if ``devices`` names a device this family does not have."""
+        return None
+
+    def guard(self, devices: Devices) -> LazyGuard | None:
+        """A guard for a runtime that is not yet initialized, or None."""
+        return None
+
+    def current_device(self) -> int | None:
+        """The device this process draws from by default (a rank's own GPU), if any."""
+        return None
+
+    def describe(self) -> dict[str, Any]:
+        """A short description for :func:`rng_fork.info`."""
         return {"name": self.name, "type": type(self).__name__, "available": self.available()}
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r}>"
+
+
+class OneGenerator(RngFamily):
+    """The family of one generator that is always there: how a plain source is registered.
+
+    Example::
+
+        register_source(KeyHolderSource())      # registered as OneGenerator(KeyHolderSource())
+    """
+
+    def __init__(self, source: RngSource) -> None:
+        self.source = source
+        self.name = source.name
+        self.codec = source.codec
+
+    def expand(self, devices: Devices) -> Sequence[RngSource]:
+        return (self.source,)
+
+    def resolve(self, name: str) -> RngSource | None:
+        return self.source if name == self.name else None
+
+    def seed(self, seed: int) -> None:
+        self.source.seed(seed)
+
+    def describe(self) -> dict[str, Any]:
+        return {**self.source.describe(), "available": True}
+
+    def __repr__(self) -> str:
+        return f"<OneGenerator {self.source!r}>"

@@ -1,4 +1,4 @@
-"""Sources for accelerators: one family per device type, one generator per device.
+"""Accelerators: one family per device type, one generator per device, and CUDA graph capture.
 
 Reading a device generator can initialize its runtime, which breaks forked
 DataLoader workers and costs seconds. So a device's generators are captured
@@ -15,11 +15,13 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Hashable, Sequence
 from types import ModuleType
-from typing import Any
+from typing import Any, cast
+
+import torch
 
 from ..errors import RngForkWarning
-from .base import RngSource, Savers
-from .objects import GRAPH_CAPTURE_HELP, TorchGeneratorSource, TorchState
+from .base import Devices, Part, RngFamily, RngSource, Savers
+from .torch_generators import TorchGeneratorSource, TorchState, check_device_type
 
 QueuedCall = tuple[Callable[[], None], Any]
 
@@ -28,12 +30,90 @@ def _never() -> bool:
     return False
 
 
-def _check_device_type(part: Any, device_type: str, name: str) -> None:
-    if part.device_type != device_type:
-        raise ValueError(f"a {part.device_type} generator state cannot go into {name}")
+# --- CUDA graph capture -----------------------------------------------------------
+
+GRAPH_CAPTURE_HELP = (
+    "{name}: during CUDA graph capture torch can neither seed a device generator nor give it a state "
+    "with another seed (a captured graph keeps the seed it was captured with), a snapshot there would "
+    "hold the graph's offset instead of the generator's, and before torch 2.10 torch cannot read or set "
+    "its state at all. Seed, take or load snapshots and enter RngStreams outside the captured region "
+    "(around torch.cuda.graph), or pass devices=[] to leave the devices out inside it; fork_rng() "
+    "without a seed works inside a capture on torch 2.10 and later."
+)
 
 
-class _DeviceFamily(RngSource):
+def graph_capturing(module: Any) -> bool:
+    """Whether ``module`` (``torch.cuda``, a stand-in) is capturing a graph on its current stream now."""
+    capturing = getattr(module, "is_current_stream_capturing", None)
+    if capturing is None:
+        return False
+    try:
+        # Asked only of an initialized runtime: the question itself may create a context.
+        initialized = getattr(module, "is_initialized", None)
+        return (initialized is None or bool(initialized())) and bool(capturing())
+    except Exception:  # noqa: BLE001 - no answer means: not known to be capturing
+        return False
+
+
+class DeviceGeneratorSource(TorchGeneratorSource):
+    """A device's generator (a device's default one, or a CUDA generator passed as ``generators=``),
+    which may be part of a CUDA graph being captured.
+
+    Since torch 2.10 a CUDA generator's state can be read and set while a graph
+    is captured: the offset is then the graph's own, so a fork inside a capture
+    isolates the captured draws as it does eager ones. A seed there is refused
+    (torch ignores one equal to the current seed), as are snapshots, whose
+    offset would be the graph's; torch's own failures during a capture are
+    explained.
+    """
+
+    def __init__(self, name: str, obj: Any, module: Any = None) -> None:
+        super().__init__(name, obj)
+        # The backend module that says whether a graph is being captured.
+        self.module: Any = module if module is not None else getattr(torch, self.device_type, None)
+        self._save = self._explaining(obj.get_state)
+        self._load = self._explaining(obj.set_state)
+
+    def _explaining(self, call: Callable[..., Any]) -> Callable[..., Any]:
+        def explained(*args: Any) -> Any:
+            try:
+                return call(*args)
+            except RuntimeError:
+                if not graph_capturing(self.module):
+                    raise
+                raise RuntimeError(GRAPH_CAPTURE_HELP.format(name=self.name)) from None
+
+        return explained
+
+    def check_not_graph_capturing(self) -> None:
+        if graph_capturing(self.module):
+            raise RuntimeError(GRAPH_CAPTURE_HELP.format(name=self.name))
+
+    def save(self) -> torch.Tensor:
+        return cast(torch.Tensor, self._save())
+
+    def load(self, saved: torch.Tensor) -> None:
+        self._load(saved)
+
+    def savers(self) -> Savers:
+        return self._save, self._load
+
+    def capture(self) -> Part:
+        self.check_not_graph_capturing()
+        return super().capture()
+
+    def seed(self, seed: int) -> None:
+        self._explaining(self.obj.manual_seed)(seed)
+
+    def check_target(self, part: Part) -> None:
+        super().check_target(part)
+        self.check_not_graph_capturing()
+
+
+# --- device families ----------------------------------------------------------------
+
+
+class _DeviceFamily(RngFamily):
     """What every per-device-type family shares: the device count and device selection."""
 
     def __init__(self, name: str, module: ModuleType | Any, *, device_type: str | None = None) -> None:
@@ -89,49 +169,11 @@ class _DeviceFamily(RngSource):
         prefix, _, index = name.partition(":")
         return int(index) if prefix == self.name and index.isdigit() else None
 
-    def capture(self) -> Any:
-        raise TypeError(f"{self.name} stands for several devices; capture each of expand()")
-
-    def restore(self, part: Any) -> None:
-        raise TypeError(f"{self.name} stands for several devices; restore each of expand()")
-
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "initialized": self.available(), "device_count": self.device_count()}
 
 
-class _DeviceGeneratorSource(TorchGeneratorSource):
-    """A device's default generator; explains the failures torch gives during graph capture.
-
-    Since torch 2.10 a CUDA generator's state can be read and set while a graph
-    is captured: the offset is then the graph's own, so a fork inside a capture
-    isolates the captured draws as it does eager ones. Seeding cannot work there.
-    """
-
-    def __init__(self, name: str, obj: Any, module: Any) -> None:
-        super().__init__(name, obj)
-        self.module = module
-        self._save = self._explaining(obj.get_state)
-        self._load = self._explaining(obj.set_state)
-
-    def _explaining(self, call: Callable[..., Any]) -> Callable[..., Any]:
-        def explained(*args: Any) -> Any:
-            try:
-                return call(*args)
-            except RuntimeError:
-                if not self._capturing():
-                    raise
-                raise RuntimeError(GRAPH_CAPTURE_HELP.format(name=self.name)) from None
-
-        return explained
-
-    def savers(self) -> Savers:
-        return self._save, self._load
-
-    def seed(self, seed: int) -> None:
-        self._explaining(self.obj.manual_seed)(seed)
-
-
-class LazyDeviceSource(_DeviceFamily):
+class LazyDeviceFamily(_DeviceFamily):
     """Every device of one lazily initialized backend, as ``name:0``, ``name:1``, ...
 
     ``module`` is the backend's torch module (``torch.cuda``, ``torch.xpu``):
@@ -141,29 +183,29 @@ class LazyDeviceSource(_DeviceFamily):
 
     Example::
 
-        register_source(LazyDeviceSource("npu", torch.npu))   # a backend that copies torch.cuda
+        register_source(LazyDeviceFamily("npu", torch.npu))   # a backend that copies torch.cuda
     """
 
     REQUIRED = (
         "is_initialized", "device_count", "default_generators", "manual_seed_all",
         "set_rng_state", "_queued_calls", "_lazy_seed_tracker",
     )
-    """What a backend module needs for this source."""
+    """What a backend module needs for this family."""
 
     def available(self) -> bool:
         # Asked before every fork while the backend has devices, so one call:
         # torch's is_initialized is already false in a bad fork.
         return bool(self.module.is_initialized())
 
-    def _indices(self, devices: Sequence[int] | None) -> Sequence[int]:
+    def _indices(self, devices: Devices) -> Sequence[int]:
         return range(len(self.module.default_generators)) if devices is None else devices
 
-    def expand(self, devices: Sequence[int] | None) -> Sequence[RngSource]:
+    def expand(self, devices: Devices) -> Sequence[RngSource]:
         if not self.available():
             return ()
         generators = self.module.default_generators
         return tuple(
-            _DeviceGeneratorSource(f"{self.name}:{i}", generators[i], self.module) for i in self._indices(devices)
+            DeviceGeneratorSource(f"{self.name}:{i}", generators[i], self.module) for i in self._indices(devices)
         )
 
     def resolve(self, name: str) -> RngSource | None:
@@ -172,23 +214,23 @@ class LazyDeviceSource(_DeviceFamily):
             return None
         if self.available():
             generators = self.module.default_generators
-            return _DeviceGeneratorSource(name, generators[device], self.module) if device < len(generators) else None
+            return DeviceGeneratorSource(name, generators[device], self.module) if device < len(generators) else None
         if device < self.device_count():
-            return _QueuedDeviceSource(name, self.module, device, self.device_type)
+            return _QueuedDevice(self, device)
         return None
 
     def seed(self, seed: int) -> None:
         """Seed every device, lazily (at initialization) if the runtime is not up yet."""
         self.module.manual_seed_all(seed)
 
-    def guard(self, devices: Sequence[int] | None) -> _LazyInitGuard | None:
+    def guard(self, devices: Devices) -> _LazyInitGuard | None:
         # A backend without devices can never initialize: nothing to guard.
         if self.available() or devices == () or not hasattr(self.module, "_lazy_seed_tracker"):
             return None
         return _LazyInitGuard(self.name, self.module, devices) if self.device_count() else None
 
 
-class ModuleDeviceSource(_DeviceFamily):
+class ModuleDeviceFamily(_DeviceFamily):
     """Every device of a backend reached through its module's RNG functions, as ``name:0``, ...
 
     For MPS and PrivateUse1 backends without torch.cuda's lazy machinery:
@@ -201,11 +243,11 @@ class ModuleDeviceSource(_DeviceFamily):
 
     Example::
 
-        register_source(ModuleDeviceSource("mps", torch.mps))
+        register_source(ModuleDeviceFamily("mps", torch.mps))
     """
 
     REQUIRED = ("device_count", "get_rng_state", "set_rng_state")
-    """What a backend module needs for this source."""
+    """What a backend module needs for this family."""
 
     def available(self) -> bool:
         module = self.module
@@ -217,7 +259,7 @@ class ModuleDeviceSource(_DeviceFamily):
             return self.device_count() > 0
         return bool(is_initialized())
 
-    def expand(self, devices: Sequence[int] | None) -> Sequence[RngSource]:
+    def expand(self, devices: Devices) -> Sequence[RngSource]:
         if not self.available():
             return ()
         indices = range(self.device_count()) if devices is None else devices
@@ -237,16 +279,16 @@ class ModuleDeviceSource(_DeviceFamily):
             for i in range(self.device_count()):
                 _ModuleDevice(self, i).seed(seed)
 
-    def guard(self, devices: Sequence[int] | None) -> _InitWatch | None:
+    def guard(self, devices: Devices) -> _InitWatch | None:
         if devices == () or self.available():
             return None
         return _InitWatch(self)
 
 
 class _ModuleDevice(RngSource):
-    """One device of a :class:`ModuleDeviceSource`."""
+    """One device of a :class:`ModuleDeviceFamily`, saved as its state tensor."""
 
-    def __init__(self, family: ModuleDeviceSource, device: int) -> None:
+    def __init__(self, family: ModuleDeviceFamily, device: int) -> None:
         self.name = f"{family.name}:{device}"
         self.codec = family.codec
         self.family = family
@@ -255,11 +297,17 @@ class _ModuleDevice(RngSource):
     def identity(self) -> Hashable:
         return (self.family.name, self.device)
 
-    def capture(self) -> TorchState:
-        return TorchState(self.family.device_type, self.family.module.get_rng_state(self.device))
+    def save(self) -> torch.Tensor:
+        return cast(torch.Tensor, self.family.module.get_rng_state(self.device))
 
-    def restore(self, part: Any) -> None:
-        self.family.module.set_rng_state(part.tensor, self.device)
+    def load(self, saved: torch.Tensor) -> None:
+        self.family.module.set_rng_state(saved, self.device)
+
+    def part_of(self, saved: torch.Tensor) -> Part:
+        return TorchState(self.family.device_type, saved)
+
+    def saved_of(self, part: Part) -> torch.Tensor:
+        return cast(TorchState, part).tensor
 
     def seed(self, seed: int) -> None:
         module = self.family.module
@@ -277,14 +325,14 @@ class _ModuleDevice(RngSource):
         for i, state in others.items():
             module.set_rng_state(state, i)
 
-    def check_target(self, part: Any) -> None:
-        _check_device_type(part, self.family.device_type, self.name)
+    def check_target(self, part: Part) -> None:
+        check_device_type(cast(TorchState, part), self.family.device_type, self.name)
 
 
 class _InitWatch:
     """Reports a block that initialized a backend whose fresh state cannot be recorded."""
 
-    def __init__(self, family: ModuleDeviceSource) -> None:
+    def __init__(self, family: ModuleDeviceFamily) -> None:
         self.family = family
         self.name = family.name
 
@@ -301,27 +349,34 @@ class _InitWatch:
             )
 
 
-class _QueuedDeviceSource(TorchGeneratorSource):
-    """A device of an uninitialized runtime: restoring it queues the state for initialization."""
+class _QueuedDevice(RngSource):
+    """A device of an uninitialized runtime: a state loaded into it is queued for the initialization,
+    as torch's own ``set_rng_state`` does. It can be loaded only: saving or seeding it would
+    initialize the runtime."""
 
-    def __init__(self, name: str, module: Any, device: int, device_type: str) -> None:
-        self.name = name
-        self.module = module
+    def __init__(self, family: LazyDeviceFamily, device: int) -> None:
+        self.name = f"{family.name}:{device}"
+        self.codec = family.codec
+        self.family = family
         self.device = device
-        self.device_type = device_type
 
-    def capture(self) -> Any:
-        raise TypeError(f"capturing {self.name} would initialize its runtime")
+    def identity(self) -> Hashable:
+        return (self.family.name, self.device)
 
-    def restore(self, part: Any) -> None:
-        # torch's own set_rng_state queues the state while uninitialized.
-        self.module.set_rng_state(part.tensor, self.device)
+    def save(self) -> Any:
+        raise TypeError(f"saving {self.name} would initialize its runtime")
+
+    def load(self, saved: torch.Tensor) -> None:
+        self.family.module.set_rng_state(saved, self.device)
+
+    def saved_of(self, part: Part) -> torch.Tensor:
+        return cast(TorchState, part).tensor
 
     def seed(self, seed: int) -> None:
         raise TypeError(f"seeding {self.name} alone would initialize its runtime")
 
-    def check_target(self, part: Any) -> None:
-        _check_device_type(part, self.device_type, self.name)
+    def check_target(self, part: Part) -> None:
+        check_device_type(cast(TorchState, part), self.family.device_type, self.name)
 
 
 def _is_rng_call(call: QueuedCall, module: Any) -> bool:
@@ -341,7 +396,7 @@ class _LazyInitGuard:
     at initialization after creating the generators and before queued seeds.
     """
 
-    def __init__(self, name: str, module: Any, devices: Sequence[int] | None) -> None:
+    def __init__(self, name: str, module: Any, devices: Devices) -> None:
         self.name = name
         self.module = module
         self.devices = devices
@@ -397,31 +452,29 @@ class _LazyInitGuard:
             generators[i].set_state(state)
 
 
-def device_source(device_type: str, module: ModuleType | Any = None) -> RngSource:
-    """The source for every device of ``device_type``, chosen by what its torch module offers.
+def device_family(device_type: str, module: ModuleType | Any = None) -> RngFamily:
+    """The family of every device of ``device_type``, chosen by what its torch module offers.
 
     ``module`` defaults to ``torch.<device_type>`` (the module a PrivateUse1
     backend registers). A module with torch.cuda's lazy machinery gets a
-    :class:`LazyDeviceSource`, one with only RNG functions a
-    :class:`ModuleDeviceSource`. CUDA, XPU, MTIA, MPS and a PrivateUse1 backend
+    :class:`LazyDeviceFamily`, one with only RNG functions a
+    :class:`ModuleDeviceFamily`. CUDA, XPU, MTIA, MPS and a PrivateUse1 backend
     imported before rng_fork are registered at import; register others yourself.
 
     Example::
 
         import torch_npu   # a PrivateUse1 backend imported after rng_fork
-        rng_fork.register_source(device_source("npu"))
+        rng_fork.register_source(device_family("npu"))
     """
     if not isinstance(device_type, str) or not device_type:
         raise TypeError(f"device_type must be a non-empty str, not {device_type!r}")
     if module is None:
-        import torch
-
         module = getattr(torch, device_type, None)
         if module is None:
             raise ValueError(f"torch has no module for device type {device_type!r} (torch.{device_type})")
-    if all(hasattr(module, attr) for attr in LazyDeviceSource.REQUIRED):
-        return LazyDeviceSource(device_type, module)
-    if all(hasattr(module, attr) for attr in ModuleDeviceSource.REQUIRED):
-        return ModuleDeviceSource(device_type, module)
-    missing = [attr for attr in ModuleDeviceSource.REQUIRED if not hasattr(module, attr)]
+    if all(hasattr(module, attr) for attr in LazyDeviceFamily.REQUIRED):
+        return LazyDeviceFamily(device_type, module)
+    if all(hasattr(module, attr) for attr in ModuleDeviceFamily.REQUIRED):
+        return ModuleDeviceFamily(device_type, module)
+    missing = [attr for attr in ModuleDeviceFamily.REQUIRED if not hasattr(module, attr)]
     raise TypeError(f"the module for {device_type!r} has no {', '.join(missing)}: no generator to fork")

@@ -1,4 +1,5 @@
-"""NumPy bit generator states: which ones are valid, and their frozen and plain forms.
+"""NumPy bit generators (behind ``numpy.random.Generator``): their states, which ones are
+valid, their frozen and plain forms, and the source that saves and puts them back.
 
 A ``BitGenerator.state`` dict has one fixed shape per class. A snapshot part
 holds it *frozen* into nested tuples (so it hashes and compares by value), a
@@ -18,12 +19,20 @@ in time quadratic in ``pool_size``, so a forged size would hang the load.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import numpy as np
 
 from .._checks import short_repr as short
-from .base import Part
+from .base import Codec, Part, Plain, Savers
+from .plain import need
+from .python import ObjectSource
+
+if np.lib.NumpyVersion(np.__version__) < "2.0.0":
+    raise ImportError(
+        f"rng_fork needs NumPy 2.0 or later, not {np.__version__}: older NumPy cannot put a bit generator's "
+        "SeedSequence back, so Generator.spawn inside a fork would leak out of it"
+    )
 
 SEED_SEQ = "rng_fork.seed_seq"
 """The key a part adds to NumPy's state dict: the bit generator's ``SeedSequence``
@@ -306,3 +315,107 @@ def with_children(seed_seq: np.random.SeedSequence, spawned: int) -> np.random.S
     return np.random.SeedSequence(
         seed_seq.entropy, spawn_key=seed_seq.spawn_key, pool_size=seed_seq.pool_size, n_children_spawned=spawned
     )
+
+
+# --- the codec and the source ----------------------------------------------------
+
+
+def _load_with_seed_seq(bit_generator: np.random.BitGenerator, state: Mapping[str, Any], seed_seq: object) -> None:
+    # The only way NumPy offers to replace a bit generator's SeedSequence: its unpickling
+    # (``__setstate__((state, seed_seq))``, NumPy 2.0 and later).
+    cast(Any, bit_generator).__setstate__((state, seed_seq))
+
+
+def _split_seed_seq(part: Part) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """NumPy's state dict and the SeedSequence entry of a part (None if it has none)."""
+    state = thaw(part)
+    seed_seq = state.pop(SEED_SEQ, None) if isinstance(state, dict) else None
+    return state, seed_seq
+
+
+BitGeneratorSaved = tuple[dict[str, Any], Any, int | None]
+"""What a bit generator's source saves: ``(state, seed_seq, spawned)``, NumPy's state dict, the
+SeedSequence object (None after legacy seeding) and its child count, which ``spawn`` moves."""
+
+
+class BitGeneratorCodec(Codec):
+    """Parts of a NumPy ``BitGenerator``: its ``state`` dict, frozen into tuples, plus its
+    ``SeedSequence`` (whose child counter ``Generator.spawn`` moves), if it has one.
+
+    Every field is checked against the shape of its class's state (:data:`SCHEMAS`)
+    before NumPy sees it.
+    """
+
+    tag = "numpy.random.BitGenerator"
+
+    def check(self, part: object) -> Part:
+        return freeze(checked_state(thaw(part)))
+
+    def to_plain(self, part: Part) -> Plain:
+        return {"state": to_plain_tree(thaw(part))}
+
+    def from_plain(self, plain: Mapping[str, Any]) -> Part:
+        state = from_plain_tree(need(plain, "state", Mapping))
+        return freeze(checked_state(state))
+
+
+class BitGeneratorSource(ObjectSource):
+    """A NumPy ``BitGenerator``; a ``numpy.random.Generator`` is saved through its own.
+
+    Example::
+
+        rng = np.random.default_rng(0)
+        with fork_rng(generators=[rng]):
+            rng.normal()
+    """
+
+    codec = BitGeneratorCodec()
+    obj: np.random.BitGenerator
+
+    def save(self) -> BitGeneratorSaved:
+        # The SeedSequence object with its count, not a plain copy: a fork rebuilds
+        # nothing unless a block spawned or reseeded.
+        bit_generator = self.obj
+        seed_seq = bit_generator.seed_seq
+        spawned = seed_seq.n_children_spawned if isinstance(seed_seq, np.random.SeedSequence) else None
+        return cast(dict[str, Any], bit_generator.state), seed_seq, spawned
+
+    def load(self, saved: BitGeneratorSaved) -> None:
+        bit_generator = self.obj
+        state, seed_seq, spawned = saved
+        current = bit_generator.seed_seq
+        if current is seed_seq and (spawned is None or current.n_children_spawned == spawned):
+            bit_generator.state = state
+        else:
+            kept = seed_seq if spawned is None else with_children(seed_seq, spawned)
+            _load_with_seed_seq(bit_generator, state, kept)
+
+    def savers(self) -> Savers:
+        return self.save, self.load
+
+    def part_of(self, saved: BitGeneratorSaved) -> Part:
+        state, seed_seq, spawned = saved
+        if spawned is None:  # no SeedSequence to keep (legacy seeding removed it)
+            return freeze(state)
+        return freeze({**state, SEED_SEQ: seed_seq_plain(with_children(seed_seq, spawned))})
+
+    def saved_of(self, part: Part) -> BitGeneratorSaved:
+        state, plain = _split_seed_seq(part)
+        if plain is None:
+            return state, None, None
+        current = self.obj.seed_seq
+        # The SeedSequence in place, if it is the one the part holds: nothing to rebuild.
+        if isinstance(current, np.random.SeedSequence) and seed_seq_plain(current) == plain:
+            return state, current, current.n_children_spawned
+        seed_seq = seed_seq_from(plain)
+        return state, seed_seq, seed_seq.n_children_spawned
+
+    def seed(self, seed: int) -> None:
+        fresh = type(self.obj)(seed)
+        _load_with_seed_seq(self.obj, fresh.state, fresh.seed_seq)  # later children follow the seed
+
+    def check_target(self, part: Part) -> None:
+        wanted = type(self.obj).__name__
+        got = _split_seed_seq(part)[0].get("bit_generator")
+        if got != wanted:
+            raise ValueError(f"a {got} state cannot go into a {wanted}")

@@ -1,0 +1,114 @@
+"""``generators=``: the generator objects behind what a user passes, and a source for each.
+
+Accepted are the generators themselves (``torch.Generator``, ``numpy.random.Generator``,
+``RandomState``, ``BitGenerator``, ``random.Random``) and what draws from them
+(a ``DataLoader``, a ``Sampler``), always in a list: a lone loader or sampler is
+refused before it is iterated, since iterating it would draw.
+"""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import torch
+
+from .base import RngSource
+from .bit_generators import BitGeneratorSource
+from .devices import DeviceGeneratorSource
+from .numpy_legacy import RandomStateSource
+from .python import python_source
+from .torch_generators import TorchGeneratorSource
+
+GENERATOR_PREFIX = "generator"
+
+
+def _generator_objects(obj: object) -> list[object]:
+    """The generator objects behind one entry of ``generators=``."""
+    if isinstance(obj, random.SystemRandom):
+        raise TypeError("random.SystemRandom has no state to fork")
+    if isinstance(obj, (random.Random, np.random.RandomState, np.random.BitGenerator, torch.Generator)):
+        return [obj]
+    if isinstance(obj, np.random.Generator):
+        return [obj.bit_generator]
+    if isinstance(obj, torch.utils.data.DataLoader):
+        # A loader draws from its own generator (the worker base seed) and from
+        # its sampler's (the shuffle order); usually they are the same object.
+        # Its samplers may be any iterable (a list of indices): only generators count.
+        found = [obj.generator, *_sampler_generators(obj.sampler), *_sampler_generators(obj.batch_sampler)]
+        return [g for generator in found if generator is not None for g in _generator_objects(generator)]
+    if isinstance(obj, torch.utils.data.Sampler):
+        return [g for generator in _sampler_generators(obj) for g in _generator_objects(generator)]
+    raise TypeError(_UNSUPPORTED.format(type(obj).__qualname__))
+
+
+def _sampler_generators(sampler: object) -> list[object]:
+    """The generators a sampler draws from: its own, or that of the sampler it batches.
+
+    A custom sampler's generator of a kind not supported here is then an error,
+    not silently skipped.
+    """
+    found = [getattr(sampler, "generator", None), getattr(getattr(sampler, "sampler", None), "generator", None)]
+    return [generator for generator in found if generator is not None]
+
+
+_UNSUPPORTED = (
+    "generators= takes torch.Generator, numpy.random.Generator, numpy.random.RandomState, "
+    "numpy.random.BitGenerator, random.Random, a torch.utils.data.DataLoader or Sampler, not {}"
+)
+
+
+_SINGLE = (
+    torch.utils.data.DataLoader,
+    torch.utils.data.Sampler,
+    torch.Generator,
+    np.random.Generator,
+    np.random.RandomState,
+    np.random.BitGenerator,
+    random.Random,
+)
+
+
+def generator_objects(generators: object) -> list[object]:
+    """The distinct generator objects behind ``generators=``, in order of first appearance.
+
+    Raises ``TypeError`` for anything that is not a list (or other iterable) of
+    supported objects; a lone loader or sampler is refused before it is iterated.
+    """
+    # Checked before iterating: a loader, a sampler or a dataset may draw from the very generators to protect.
+    if isinstance(generators, _SINGLE):
+        raise TypeError(
+            f"generators= takes a list of objects, not one {type(generators).__qualname__}: "
+            "pass generators=[...] around it"
+        )
+    if isinstance(generators, torch.utils.data.Dataset):
+        raise TypeError(_UNSUPPORTED.format(type(generators).__qualname__))
+    if isinstance(generators, (str, bytes)) or not hasattr(generators, "__iter__"):
+        raise TypeError(f"generators= must be an iterable of generators, not {type(generators).__name__}")
+    seen: dict[int, object] = {}
+    for entry in generators:
+        for obj in _generator_objects(entry):
+            seen.setdefault(id(obj), obj)
+    return list(seen.values())
+
+
+def generator_sources(generators: object) -> tuple[RngSource, ...]:
+    """Sources for the objects of ``generators=``, named ``generator:0``, ``generator:1``, ...
+
+    Each distinct generator gets one source, in order of first appearance, so
+    the same list always yields the same names.
+    """
+    return tuple(_source_for(f"{GENERATOR_PREFIX}:{i}", obj) for i, obj in enumerate(generator_objects(generators)))
+
+
+def _source_for(name: str, obj: object) -> RngSource:
+    if isinstance(obj, random.Random):
+        return python_source(name, obj)
+    if isinstance(obj, np.random.RandomState):
+        return RandomStateSource(name, obj)
+    if isinstance(obj, np.random.BitGenerator):
+        return BitGeneratorSource(name, obj)
+    assert isinstance(obj, torch.Generator)
+    if obj.device.type == "cpu":
+        return TorchGeneratorSource(name, obj)
+    return DeviceGeneratorSource(name, obj)  # may be part of a CUDA graph being captured
