@@ -632,3 +632,15 @@ def test_fork_rng_objects_can_be_weakly_referenced() -> None:
 
     fork = fork_rng()
     assert weakref.ref(fork)() is fork
+
+
+def test_a_randomstate_on_another_bit_generator_forks_exactly_and_refuses_snapshots() -> None:
+    rs = np.random.RandomState(np.random.PCG64(3))
+    rs.standard_normal()  # a cached Gaussian, to be kept
+    expected = np.random.RandomState(np.random.PCG64(3))
+    expected.standard_normal()
+    with fork_rng(generators=[rs]):
+        rs.standard_normal(5)
+    assert rs.standard_normal(3).tolist() == expected.standard_normal(3).tolist()
+    with pytest.raises(TypeError, match="generator:0: this RandomState draws from PCG64: snapshots"):
+        rng_fork.get_rng_state(generators=[rs])
