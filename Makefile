@@ -7,6 +7,8 @@ PYTHON ?= python3
 VENV ?= .venv
 TORCH ?= torch==2.13.0
 PINS ?=
+# pytest-xdist: one worker per core (the suite is about 3 minutes of CPU).
+PYTEST ?= -m pytest -q -n auto
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
@@ -31,10 +33,10 @@ types: $(STAMP)
 	$(BIN)/python -m mypy --strict rng_fork
 
 pytest: $(STAMP)  ## the suite, with the raw-memory fast path where it is available
-	$(BIN)/python -m pytest -q
+	$(BIN)/python $(PYTEST)
 
 portable: $(STAMP)  ## the suite through the official APIs only
-	RNG_FORK_PORTABLE=1 $(BIN)/python -m pytest -q
+	RNG_FORK_PORTABLE=1 $(BIN)/python $(PYTEST)
 
 test: lint types pytest portable  ## everything CI checks on this Python and this torch
 
