@@ -33,6 +33,21 @@ def test_readme_examples_run(
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
+def test_adding_a_source_needs_nothing_but_its_section() -> None:
+    """A contributor reads only "Adding a source": its examples run alone, in a fresh namespace."""
+    section = re.search(r"^## Adding a source.*?(?=^## )", README.read_text(), flags=re.S | re.M)
+    assert section is not None
+    blocks = re.findall(r"```python\n(.*?)```", section.group(0), flags=re.S)
+    assert len(blocks) >= 2
+    namespace: dict[str, object] = {"__name__": "readme_adding_a_source"}
+    for number, block in enumerate(blocks, 1):
+        exec(compile(block, f"README.md 'Adding a source' block {number}", "exec"), namespace)
+    import rng_fork
+
+    # The examples clean up after themselves: no source of theirs stays registered.
+    assert not {"keyholder", "simulator"} & {s.name for s in rng_fork.registered_sources()}
+
+
 def test_readme_notebook_cells_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("IPython")
     from IPython.core.interactiveshell import InteractiveShell
