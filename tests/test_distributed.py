@@ -17,7 +17,7 @@ import rng_fork.distributed as rd
 from rng_fork import get_rng_state
 
 from ._dist_workers import ISOLATIONS, draws, run_ranks
-from .conftest import through_torch_save
+from .helpers import through_torch_save
 
 CALLS: dict[str, Callable[[], object]] = {
     "gather_rng_state": rd.gather_rng_state,

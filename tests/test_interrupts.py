@@ -27,7 +27,7 @@ import torch
 import rng_fork
 from rng_fork import RngStream, _interrupts, _swap, fork_rng, isolated
 
-from .conftest import seed_globals
+from .helpers import seed_globals
 
 PACKAGE = rng_fork.__file__.rsplit("/", 1)[0]
 

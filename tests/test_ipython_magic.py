@@ -16,7 +16,7 @@ from traitlets.config import Config
 
 import rng_fork
 
-from .conftest import draw_all, seed_globals
+from .helpers import draw_all, seed_globals
 
 DRAW_EVERYTHING = "import random, numpy as np, torch\nrandom.random(); np.random.rand(3); torch.rand(5)\n"
 

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 import rng_fork
 from rng_fork import RngStream, fork_rng, isolated
 
-from .conftest import draw_all, fork_open_in_another_thread, seed_globals
+from .helpers import draw_all, fork_open_in_another_thread, seed_globals
 
 
 def _caller_after(action: Callable[[], object]) -> tuple[object, object]:

@@ -13,7 +13,7 @@ from numpy.random.mtrand import get_bit_generator, set_bit_generator
 
 import rng_fork
 
-from .conftest import seed_globals
+from .helpers import seed_globals
 
 Generators = tuple[torch.Generator, np.random.Generator, random.Random, np.random.RandomState]
 

@@ -17,7 +17,7 @@ import torch
 import rng_fork
 from rng_fork import PlainCodec, RngSource, RngState, RngStream, fork_rng, get_rng_state, set_rng_state
 
-from .conftest import draw_all, seed_globals
+from .helpers import draw_all, seed_globals
 
 PLAIN_TYPES = (torch.Tensor, int, float, bool, str)
 

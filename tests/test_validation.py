@@ -23,7 +23,7 @@ import rng_fork
 import rng_fork.distributed as rd
 from rng_fork import PlainCodec, RngState, RngStream, diff, fork_rng, get_rng_state, set_rng_state
 
-from .conftest import through_torch_save
+from .helpers import through_torch_save
 
 BIT_GENERATORS = [np.random.MT19937, np.random.PCG64, np.random.PCG64DXSM, np.random.Philox, np.random.SFC64]
 
