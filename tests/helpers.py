@@ -11,6 +11,7 @@ from contextlib import AbstractContextManager, contextmanager
 from typing import Any, TypeVar
 
 import numpy as np
+import pytest
 import torch
 import torch.distributed as dist
 
@@ -195,3 +196,20 @@ def one_rank_group() -> Iterator[None]:
         yield
     finally:
         dist.destroy_process_group()
+
+
+@contextmanager
+def refused_unchanged(
+    error: type[BaseException], match: str | None = None, *, generators: Sequence[object] = ()
+) -> Iterator[pytest.ExceptionInfo[BaseException]]:
+    """The ``with`` body raises ``error`` (its message matching ``match``) and leaves every generator as it was.
+
+    Example::
+
+        with refused_unchanged(ValueError, "'numpy'"):
+            set_rng_state(corrupt_state_dict)
+    """
+    before = rng_fork.get_rng_state(generators=generators)
+    with pytest.raises(error, match=match) as info:
+        yield info
+    assert rng_fork.get_rng_state(generators=generators) == before, "a refused call changed a generator"
