@@ -18,7 +18,7 @@ import sys
 import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pytest
@@ -53,6 +53,7 @@ words_st = st.integers(0, 2**64).map(_mixed_words)
 index_st = st.sampled_from([0, 1, 2, 311, 622, 623, 624]) | st.integers(0, 624)
 finite_st = st.floats(allow_nan=False, allow_infinity=False, width=64)
 gauss_next_st = st.none() | finite_st
+has_gauss_st = st.sampled_from([0, 1])
 
 # Operations on random.Random; counts include odd numbers of gauss() calls so
 # that gauss_next is left populated.
@@ -104,12 +105,43 @@ def np_stream(rs: np.random.RandomState) -> bytes:
     return rs.randn(3).tobytes() + rs.bytes(2600) + rs.random_sample(5).tobytes() + rs.randn(1).tobytes()
 
 
-def set_py(r: random.Random, words: tuple[int, ...], index: int, gauss_next: float | None) -> None:
-    random.Random.setstate(r, (3, (*words, index), gauss_next))
+class PyState(NamedTuple):
+    """A random.Random state: the 624 words, the index into them, the cached Gaussian."""
+
+    words: tuple[int, ...]
+    index: int
+    gauss_next: float | None
+
+    def set(self, r: random.Random) -> random.Random:
+        random.Random.setstate(r, (3, (*self.words, self.index), self.gauss_next))
+        return r
 
 
-def set_np(rs: np.random.RandomState, words: tuple[int, ...], pos: int, has_gauss: int, gauss: float) -> None:
-    rs.set_state(("MT19937", np.array(words, dtype=np.uint32), pos, has_gauss, gauss))
+class NpState(NamedTuple):
+    """A RandomState's MT19937 state: the 624 words, the position, the Gaussian cache."""
+
+    words: tuple[int, ...]
+    pos: int
+    has_gauss: int
+    gauss: float
+
+    def set(self, rs: np.random.RandomState) -> np.random.RandomState:
+        rs.set_state(("MT19937", np.array(self.words, dtype=np.uint32), self.pos, self.has_gauss, self.gauss))
+        return rs
+
+
+@st.composite
+def py_states(draw: st.DrawFn, words: st.SearchStrategy[tuple[int, ...]] = words_st) -> PyState:
+    return PyState(draw(words), draw(index_st), draw(gauss_next_st))
+
+
+@st.composite
+def np_states(
+    draw: st.DrawFn,
+    words: st.SearchStrategy[tuple[int, ...]] = words_st,
+    has_gauss: st.SearchStrategy[int] = has_gauss_st,
+) -> NpState:
+    return NpState(draw(words), draw(index_st), draw(has_gauss), draw(finite_st))
 
 
 @pytest.fixture(autouse=True)
@@ -159,12 +191,9 @@ def test_discovered_layout_matches_known_structs() -> None:
 
 @needs_fast_python
 @SETTINGS
-@given(words=words_st, index=index_st, gauss_next=gauss_next_st, ops=py_ops_st)
-def test_python_fast_capture_equals_portable(
-    words: tuple[int, ...], index: int, gauss_next: float | None, ops: list[tuple[str, int]]
-) -> None:
-    r = random.Random()
-    set_py(r, words, index, gauss_next)
+@given(state=py_states(), ops=py_ops_st)
+def test_python_fast_capture_equals_portable(state: PyState, ops: list[tuple[str, int]]) -> None:
+    r = state.set(random.Random())
     assert fp._capture_python_fast(r) == fp.capture_python_portable(r)
     run_py(r, ops)
     fast = fp._capture_python_fast(r)
@@ -181,16 +210,11 @@ def test_python_fast_capture_equals_portable(
 
 @needs_fast_python
 @SETTINGS
-@given(words=words_st, index=index_st, gauss_next=gauss_next_st, ops=py_ops_st, after=py_ops_st)
+@given(state=py_states(), ops=py_ops_st, after=py_ops_st)
 def test_python_fast_restore_equals_portable(
-    words: tuple[int, ...],
-    index: int,
-    gauss_next: float | None,
-    ops: list[tuple[str, int]],
-    after: list[tuple[str, int]],
+    state: PyState, ops: list[tuple[str, int]], after: list[tuple[str, int]]
 ) -> None:
-    r = random.Random()
-    set_py(r, words, index, gauss_next)
+    r = state.set(random.Random())
     run_py(r, ops)
     snap = fp.capture_python_portable(r)
     reference = random.Random()
@@ -210,10 +234,9 @@ def test_python_fast_restore_equals_portable(
 
 @needs_fast_python
 @SETTINGS
-@given(words=raw_words_st, index=index_st, gauss_next=gauss_next_st)
-def test_python_raw_patterns_capture_and_restore(words: tuple[int, ...], index: int, gauss_next: float | None) -> None:
-    r = random.Random()
-    set_py(r, words, index, gauss_next)
+@given(state=py_states(words=raw_words_st))
+def test_python_raw_patterns_capture_and_restore(state: PyState) -> None:
+    r = state.set(random.Random())
     snap = fp._capture_python_fast(r)
     assert snap == fp.capture_python_portable(r)
     other = random.Random(1)
@@ -301,12 +324,9 @@ def test_python_rejects_non_random() -> None:
 
 @needs_fast_numpy
 @SETTINGS
-@given(words=words_st, pos=index_st, has_gauss=st.sampled_from([0, 1]), gauss=finite_st, ops=np_ops_st)
-def test_numpy_fast_capture_equals_portable(
-    words: tuple[int, ...], pos: int, has_gauss: int, gauss: float, ops: list[tuple[str, int]]
-) -> None:
-    rs = np.random.RandomState(0)
-    set_np(rs, words, pos, has_gauss, gauss)
+@given(state=np_states(), ops=np_ops_st)
+def test_numpy_fast_capture_equals_portable(state: NpState, ops: list[tuple[str, int]]) -> None:
+    rs = state.set(np.random.RandomState(0))
     assert fp._capture_numpy_fast(rs) == fp.capture_numpy_portable(rs)
     run_np(rs, ops)
     fast = fp._capture_numpy_fast(rs)
@@ -317,31 +337,18 @@ def test_numpy_fast_capture_equals_portable(
     assert hash(fast) == hash(portable)
     assert pickle.loads(pickle.dumps(fast)) == portable
     # The documented format: 624 key words then pos, little-endian.
-    state = rs.get_state(legacy=False)
-    assert struct.unpack("<624Ii", fast[0]) == (*state["state"]["key"].tolist(), state["state"]["pos"])
-    assert fast[1:] == (state["has_gauss"], state["gauss"])
+    official = rs.get_state(legacy=False)
+    assert struct.unpack("<624Ii", fast[0]) == (*official["state"]["key"].tolist(), official["state"]["pos"])
+    assert fast[1:] == (official["has_gauss"], official["gauss"])
 
 
 @needs_fast_numpy
 @SETTINGS
-@given(
-    words=words_st,
-    pos=index_st,
-    has_gauss=st.sampled_from([0, 1]),
-    gauss=finite_st,
-    ops=np_ops_st,
-    after=np_ops_st,
-)
+@given(state=np_states(), ops=np_ops_st, after=np_ops_st)
 def test_numpy_fast_restore_equals_portable(
-    words: tuple[int, ...],
-    pos: int,
-    has_gauss: int,
-    gauss: float,
-    ops: list[tuple[str, int]],
-    after: list[tuple[str, int]],
+    state: NpState, ops: list[tuple[str, int]], after: list[tuple[str, int]]
 ) -> None:
-    rs = np.random.RandomState(0)
-    set_np(rs, words, pos, has_gauss, gauss)
+    rs = state.set(np.random.RandomState(0))
     run_np(rs, ops)
     snap = fp.capture_numpy_portable(rs)
     reference = np.random.RandomState(0)
@@ -361,10 +368,9 @@ def test_numpy_fast_restore_equals_portable(
 
 @needs_fast_numpy
 @SETTINGS
-@given(words=raw_words_st, pos=index_st, has_gauss=st.integers(-(2**31), 2**31 - 1), gauss=finite_st)
-def test_numpy_raw_patterns_capture_and_restore(words: tuple[int, ...], pos: int, has_gauss: int, gauss: float) -> None:
-    rs = np.random.RandomState(0)
-    set_np(rs, words, pos, has_gauss, gauss)
+@given(state=np_states(words=raw_words_st, has_gauss=st.integers(-(2**31), 2**31 - 1)))
+def test_numpy_raw_patterns_capture_and_restore(state: NpState) -> None:
+    rs = state.set(np.random.RandomState(0))
     snap = fp._capture_numpy_fast(rs)
     assert snap == fp.capture_numpy_portable(rs)
     other = np.random.RandomState(1)
@@ -644,17 +650,13 @@ def test_import_leaves_global_generators_alone() -> None:
 
 
 @SETTINGS
-@given(words=words_st, index=index_st, gauss_next=gauss_next_st, ops=py_ops_st, after=py_ops_st)
+@given(state=py_states(), ops=py_ops_st, after=py_ops_st)
 def test_python_savers_equal_portable_snapshots_and_restore_exactly(
-    words: tuple[int, ...],
-    index: int,
-    gauss_next: float | None,
-    ops: list[tuple[str, int]],
-    after: list[tuple[str, int]],
+    state: PyState, ops: list[tuple[str, int]], after: list[tuple[str, int]]
 ) -> None:
     r = random.Random()
     save, load = fp.python_savers(r)
-    set_py(r, words, index, gauss_next)
+    state.set(r)
     run_py(r, ops)
     saved = save()
     if fp.FAST_PYTHON:  # the fast form is the snapshot format; the portable one is getstate's
@@ -667,25 +669,13 @@ def test_python_savers_equal_portable_snapshots_and_restore_exactly(
 
 
 @SETTINGS
-@given(
-    words=words_st,
-    pos=index_st,
-    has_gauss=st.sampled_from([0, 1]),
-    gauss=finite_st,
-    ops=np_ops_st,
-    after=np_ops_st,
-)
+@given(state=np_states(), ops=np_ops_st, after=np_ops_st)
 def test_numpy_savers_equal_portable_snapshots_and_restore_exactly(
-    words: tuple[int, ...],
-    pos: int,
-    has_gauss: int,
-    gauss: float,
-    ops: list[tuple[str, int]],
-    after: list[tuple[str, int]],
+    state: NpState, ops: list[tuple[str, int]], after: list[tuple[str, int]]
 ) -> None:
     rs = np.random.RandomState(0)
     save, load = fp.numpy_savers(rs)
-    set_np(rs, words, pos, has_gauss, gauss)
+    state.set(rs)
     run_np(rs, ops)
     saved = save()
     if len(saved) == 3:  # the fast form is the snapshot format; the other one is get_state's, with the bit generator
