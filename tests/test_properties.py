@@ -117,7 +117,7 @@ def _run(
 
 
 def _generators(*seeds: int | None) -> Generators:
-    """One generator object of each kind, seeded with ``seeds`` (each as its constructor seeds it, where none are given)."""
+    """One generator object of each kind, seeded with ``seeds`` (as their constructors seed them without)."""
     tg_seed, ng_seed, pr_seed, rs_seed = seeds or (None,) * 4
     tg = torch.Generator()
     if tg_seed is not None:
