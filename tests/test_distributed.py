@@ -17,7 +17,7 @@ import rng_fork.distributed as rd
 from rng_fork import get_rng_state
 
 from ._dist_workers import ISOLATIONS, draws, run_ranks
-from .helpers import refused_unchanged, through_torch_save
+from .helpers import one_rank_group, refused_unchanged, through_torch_save
 
 CALLS: dict[str, Callable[[], object]] = {
     "gather_rng_state": rd.gather_rng_state,
@@ -30,12 +30,8 @@ CALLS: dict[str, Callable[[], object]] = {
 
 @pytest.fixture
 def one_rank() -> Iterator[None]:
-    """A one-process gloo group on an in-memory store: no port, no other process."""
-    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
-    try:
+    with one_rank_group():
         yield
-    finally:
-        dist.destroy_process_group()
 
 
 # --- without a process group, and in a one-process group -----------------------

@@ -15,7 +15,6 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -23,7 +22,7 @@ import rng_fork
 import rng_fork.distributed as rd
 from rng_fork import PlainCodec, RngState, RngStream, diff, fork_rng, get_rng_state, set_rng_state
 
-from .helpers import refused_unchanged, through_torch_save
+from .helpers import one_rank_group, refused_unchanged, through_torch_save
 
 BIT_GENERATORS = [np.random.MT19937, np.random.PCG64, np.random.PCG64DXSM, np.random.Philox, np.random.SFC64]
 
@@ -448,13 +447,10 @@ def test_a_python_gauss_next_that_is_not_a_number_is_named_at_capture() -> None:
 def test_a_nan_cache_is_in_sync_across_ranks() -> None:
     random.setstate((*random.getstate()[:2], math.nan))
     np.random.set_state({**np.random.get_state(legacy=False), "has_gauss": 1, "gauss": math.nan})
-    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
-    try:
+    with one_rank_group():
         assert rd.check_rng_in_sync()  # the states travel pickled
         report = rd.load_rng_state_dict(through_torch_save(rd.rng_state_dict()))
         assert report.complete
-    finally:
-        dist.destroy_process_group()
 
 
 def test_a_stream_keeps_a_nan_cache() -> None:
