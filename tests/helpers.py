@@ -213,3 +213,18 @@ def refused_unchanged(
     with pytest.raises(error, match=match) as info:
         yield info
     assert rng_fork.get_rng_state(generators=generators) == before, "a refused call changed a generator"
+
+
+def assert_error(error: BaseException | tuple[str, str], kind: type[BaseException] | str, *says: str) -> None:
+    """``error`` (or its ``(type name, message)``) is a ``kind`` whose message says each of ``says``:
+    the source or value it names, the rule broken. Its meaning, not its wording.
+
+    Example::
+
+        assert_error(info.value, ValueError, "'numpy'", "strict=False")
+    """
+    name, message = (type(error).__name__, str(error)) if isinstance(error, BaseException) else error
+    expected = kind if isinstance(kind, str) else kind.__name__
+    assert name == expected, f"a {name}, not a {expected}: {message}"
+    missing = [part for part in says if part not in message]
+    assert not missing, f"{message!r} does not say {missing}"

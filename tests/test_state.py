@@ -181,7 +181,7 @@ def test_corrupt_torch_content_is_caught_before_anything_changes() -> None:
 def test_a_cpu_state_torch_refuses_is_a_value_error_naming_the_source() -> None:
     sd = get_rng_state().state_dict()
     sd["torch"]["state"] = torch.zeros_like(sd["torch"]["state"])  # torch: "Invalid mt19937 state"
-    with refused_unchanged(ValueError, match="RNG source 'torch': torch refuses this CPU generator state"):
+    with refused_unchanged(ValueError, match="RNG source 'torch': .*refuses"):
         set_rng_state(sd)
 
 
@@ -298,7 +298,7 @@ def test_a_stream_checkpoint_touches_no_generator_and_refuses_a_non_mt19937_glob
         pcg_stream = RngStream(seed=1)
         with pcg_stream:
             pass
-        with pytest.raises(TypeError, match="numpy: this RandomState draws from PCG64: snapshots.*MT19937 states only"):
+        with pytest.raises(TypeError, match="numpy: .*PCG64.*MT19937"):
             pcg_stream.state_dict()
     finally:
         np.random.set_bit_generator(original)

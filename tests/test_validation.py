@@ -327,7 +327,7 @@ def test_a_subclass_state_its_setstate_refuses_changes_nothing() -> None:
     sd["generator:0"]["value"] = ["Lcg", ("lcg", -1)]
     torch.rand(3)
     before, log = get_rng_state(generators=[lcg, torch_gen]), list(lcg.log)
-    with pytest.raises(ValueError, match=r"RNG source 'generator:0': Lcg.setstate refuses this state: ValueError"):
+    with pytest.raises(ValueError, match=r"RNG source 'generator:0': Lcg.setstate refuses .*ValueError"):
         set_rng_state(sd, generators=[lcg, torch_gen])
     assert get_rng_state(generators=[lcg, torch_gen]) == before  # the globals were not restored either
     assert lcg.log == log  # the scratch instance had a copy of the list
@@ -436,7 +436,7 @@ def test_snapshots_that_differ_only_in_a_float_bit_differ() -> None:
 
 def test_a_python_gauss_next_that_is_not_a_number_is_named_at_capture() -> None:
     random.setstate((*random.getstate()[:2], "0.5"))  # random.setstate takes anything
-    with pytest.raises(TypeError, match="python: gauss_next is a str; snapshots keep None, an int or a float"):
+    with pytest.raises(TypeError, match="python: gauss_next is a str"):
         get_rng_state()
     with fork_rng():  # a fork takes the object as it is
         random.random()
