@@ -144,6 +144,87 @@ def np_states(
     return NpState(draw(words), draw(index_st), draw(has_gauss), draw(finite_st))
 
 
+class Kind(NamedTuple):
+    """What the fast path offers for one kind of generator, and how the tests drive it."""
+
+    make: Callable[[], Any]  # a fresh generator
+    run: Callable[[Any, list[tuple[str, int]]], None]
+    stream: Callable[[Any], object]
+    state_of: Callable[[Any], object]  # through the official API
+    copy_state: Callable[[Any, Any], None]  # from the first generator into the second
+    capture_fast: Callable[[Any], Any]
+    capture_portable: Callable[[Any], Any]
+    restore_fast: Callable[[Any, Any], None]
+    restore_portable: Callable[[Any, Any], None]
+
+
+PYTHON = Kind(
+    random.Random, run_py, py_stream, random.Random.getstate,
+    lambda r, into: random.Random.setstate(into, random.Random.getstate(r)),
+    fp._capture_python_fast, fp.capture_python_portable, fp._restore_python_fast, fp.restore_python_portable,
+)
+NUMPY = Kind(
+    lambda: np.random.RandomState(0), run_np, np_stream, fp.capture_numpy_portable,
+    lambda rs, into: into.set_state(rs.get_state()),
+    fp._capture_numpy_fast, fp.capture_numpy_portable, fp._restore_numpy_fast, fp.restore_numpy_portable,
+)
+
+
+def assert_fast_and_portable_restores_alike(
+    kind: Kind, state: PyState | NpState, ops: list[tuple[str, int]], after: list[tuple[str, int]]
+) -> None:
+    """After ``ops``, a snapshot restored the fast way and the portable way draws the same stream, exactly."""
+    g = state.set(kind.make())
+    kind.run(g, ops)
+    snap = kind.capture_portable(g)
+    reference = kind.make()
+    kind.copy_state(g, reference)
+    expected = kind.stream(reference)
+
+    kind.run(g, after)
+    kind.restore_fast(g, snap)
+    assert kind.capture_portable(g) == snap
+    got_fast = kind.stream(g)
+
+    kind.run(g, after)
+    kind.restore_portable(g, snap)
+    got_portable = kind.stream(g)
+    assert got_fast == got_portable == expected
+
+
+def assert_raw_pattern_round_trips(kind: Kind, state: PyState | NpState, other_seed: int = 1) -> None:
+    g = state.set(kind.make())
+    snap = kind.capture_fast(g)
+    assert snap == kind.capture_portable(g)
+    other = kind.make()
+    other.seed(other_seed)
+    kind.restore_fast(other, snap)
+    assert kind.state_of(other) == kind.state_of(g)
+
+
+def assert_savers_restore_exactly(
+    kind: Kind,
+    savers: Callable[[Any], tuple[Callable[[], Any], Callable[[Any], None]]],
+    fast_form: Callable[[Any], bool],
+    state: PyState | NpState,
+    ops: list[tuple[str, int]],
+    after: list[tuple[str, int]],
+) -> None:
+    """The (save, load) pair forks use restores exactly; its fast form is the snapshot format."""
+    g = kind.make()
+    save, load = savers(g)
+    state.set(g)
+    kind.run(g, ops)
+    saved = save()
+    if fast_form(saved):
+        assert saved == kind.capture_portable(g)
+    reference = kind.make()
+    kind.copy_state(g, reference)
+    kind.run(g, after)
+    load(saved)
+    assert kind.stream(g) == kind.stream(reference)
+
+
 @pytest.fixture(autouse=True)
 def _keep_globals() -> Iterator[None]:
     """Leave the global generators as each test found them."""
@@ -214,34 +295,14 @@ def test_python_fast_capture_equals_portable(state: PyState, ops: list[tuple[str
 def test_python_fast_restore_equals_portable(
     state: PyState, ops: list[tuple[str, int]], after: list[tuple[str, int]]
 ) -> None:
-    r = state.set(random.Random())
-    run_py(r, ops)
-    snap = fp.capture_python_portable(r)
-    reference = random.Random()
-    random.Random.setstate(reference, random.Random.getstate(r))
-    expected = py_stream(reference)
-
-    run_py(r, after)
-    fp._restore_python_fast(r, snap)
-    assert fp.capture_python_portable(r) == snap
-    got_fast = py_stream(r)
-
-    run_py(r, after)
-    fp.restore_python_portable(r, snap)
-    got_portable = py_stream(r)
-    assert got_fast == got_portable == expected
+    assert_fast_and_portable_restores_alike(PYTHON, state, ops, after)
 
 
 @needs_fast_python
 @SETTINGS
 @given(state=py_states(words=raw_words_st))
 def test_python_raw_patterns_capture_and_restore(state: PyState) -> None:
-    r = state.set(random.Random())
-    snap = fp._capture_python_fast(r)
-    assert snap == fp.capture_python_portable(r)
-    other = random.Random(1)
-    fp._restore_python_fast(other, snap)
-    assert random.Random.getstate(other) == random.Random.getstate(r)
+    assert_raw_pattern_round_trips(PYTHON, state)
 
 
 @needs_fast_python
@@ -348,34 +409,14 @@ def test_numpy_fast_capture_equals_portable(state: NpState, ops: list[tuple[str,
 def test_numpy_fast_restore_equals_portable(
     state: NpState, ops: list[tuple[str, int]], after: list[tuple[str, int]]
 ) -> None:
-    rs = state.set(np.random.RandomState(0))
-    run_np(rs, ops)
-    snap = fp.capture_numpy_portable(rs)
-    reference = np.random.RandomState(0)
-    reference.set_state(rs.get_state())
-    expected = np_stream(reference)
-
-    run_np(rs, after)
-    fp._restore_numpy_fast(rs, snap)
-    assert fp.capture_numpy_portable(rs) == snap
-    got_fast = np_stream(rs)
-
-    run_np(rs, after)
-    fp.restore_numpy_portable(rs, snap)
-    got_portable = np_stream(rs)
-    assert got_fast == got_portable == expected
+    assert_fast_and_portable_restores_alike(NUMPY, state, ops, after)
 
 
 @needs_fast_numpy
 @SETTINGS
 @given(state=np_states(words=raw_words_st, has_gauss=st.integers(-(2**31), 2**31 - 1)))
 def test_numpy_raw_patterns_capture_and_restore(state: NpState) -> None:
-    rs = state.set(np.random.RandomState(0))
-    snap = fp._capture_numpy_fast(rs)
-    assert snap == fp.capture_numpy_portable(rs)
-    other = np.random.RandomState(1)
-    fp._restore_numpy_fast(other, snap)
-    assert fp.capture_numpy_portable(other) == snap
+    assert_raw_pattern_round_trips(NUMPY, state)
 
 
 def test_numpy_global_instance_fork() -> None:
@@ -654,18 +695,8 @@ def test_import_leaves_global_generators_alone() -> None:
 def test_python_savers_equal_portable_snapshots_and_restore_exactly(
     state: PyState, ops: list[tuple[str, int]], after: list[tuple[str, int]]
 ) -> None:
-    r = random.Random()
-    save, load = fp.python_savers(r)
-    state.set(r)
-    run_py(r, ops)
-    saved = save()
-    if fp.FAST_PYTHON:  # the fast form is the snapshot format; the portable one is getstate's
-        assert saved == fp.capture_python_portable(r)
-    reference = random.Random()
-    random.Random.setstate(reference, random.Random.getstate(r))
-    run_py(r, after)
-    load(saved)
-    assert py_stream(r) == py_stream(reference)
+    # The fast form is the snapshot format; the portable one is getstate's.
+    assert_savers_restore_exactly(PYTHON, fp.python_savers, lambda saved: fp.FAST_PYTHON, state, ops, after)
 
 
 @SETTINGS
@@ -673,18 +704,8 @@ def test_python_savers_equal_portable_snapshots_and_restore_exactly(
 def test_numpy_savers_equal_portable_snapshots_and_restore_exactly(
     state: NpState, ops: list[tuple[str, int]], after: list[tuple[str, int]]
 ) -> None:
-    rs = np.random.RandomState(0)
-    save, load = fp.numpy_savers(rs)
-    state.set(rs)
-    run_np(rs, ops)
-    saved = save()
-    if len(saved) == 3:  # the fast form is the snapshot format; the other one is get_state's, with the bit generator
-        assert saved == fp.capture_numpy_portable(rs)
-    reference = np.random.RandomState(0)
-    reference.set_state(rs.get_state())
-    run_np(rs, after)
-    load(saved)
-    assert np_stream(rs) == np_stream(reference)
+    # The fast form is the snapshot format; the other one is get_state's, with the bit generator.
+    assert_savers_restore_exactly(NUMPY, fp.numpy_savers, lambda saved: len(saved) == 3, state, ops, after)
 
 
 def test_numpy_savers_follow_a_new_bit_generator() -> None:
