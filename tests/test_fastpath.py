@@ -305,16 +305,21 @@ def test_python_raw_patterns_capture_and_restore(state: PyState) -> None:
     assert_raw_pattern_round_trips(PYTHON, state)
 
 
+def assert_cross_restores_after_pickling(kind: Kind, g: Any) -> None:
+    """A fast snapshot, pickled, restores exactly through either path."""
+    fast = kind.capture_fast(g)
+    expected = kind.stream(g)
+    for restore in (kind.restore_portable, kind.restore_fast):
+        g.seed(1)
+        restore(g, pickle.loads(pickle.dumps(fast)))
+        assert kind.stream(g) == expected
+
+
 @needs_fast_python
 def test_python_cross_restore_and_pickle() -> None:
     r = random.Random(42)
     r.gauss(0.0, 1.0)  # populate gauss_next
-    fast = fp._capture_python_fast(r)
-    expected = py_stream(r)
-    for restore in (fp.restore_python_portable, fp._restore_python_fast):
-        r.seed(1)
-        restore(r, pickle.loads(pickle.dumps(fast)))
-        assert py_stream(r) == expected
+    assert_cross_restores_after_pickling(PYTHON, r)
 
 
 def test_python_global_instance_fork() -> None:
@@ -436,12 +441,7 @@ def test_numpy_global_instance_fork() -> None:
 def test_numpy_cross_restore_and_pickle() -> None:
     rs = np.random.RandomState(9)
     rs.randn()
-    fast = fp._capture_numpy_fast(rs)
-    expected = np_stream(rs)
-    for restore in (fp.restore_numpy_portable, fp._restore_numpy_fast):
-        rs.seed(1)
-        restore(rs, pickle.loads(pickle.dumps(fast)))
-        assert np_stream(rs) == expected
+    assert_cross_restores_after_pickling(NUMPY, rs)
 
 
 @needs_fast_numpy
