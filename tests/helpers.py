@@ -19,7 +19,6 @@ import rng_fork
 from rng_fork import PlainCodec, RngFamily, RngSource
 
 T = TypeVar("T")
-Registered = TypeVar("Registered", RngSource, RngFamily)
 
 
 def seed_globals(seed: int) -> None:
@@ -115,7 +114,7 @@ def assert_invisible(
 
 
 @contextmanager
-def registered(*sources: Registered) -> Iterator[None]:
+def registered(*sources: RngSource | RngFamily) -> Iterator[None]:
     """``sources`` registered for the ``with`` block, unregistered after it."""
     names: list[str] = []
     try:
