@@ -91,8 +91,12 @@ def assert_invisible(
 
     Example::
 
-        assert_invisible(lambda: fork_block_that_draws())
-        assert_invisible(lambda g: draw_in_a_fork(g), generators=lambda: [torch.Generator()])
+        def drawn_in_a_fork(g: torch.Generator) -> None:
+            with fork_rng(generators=[g]):
+                torch.rand(3)
+                torch.rand(3, generator=g)
+
+        assert_invisible(drawn_in_a_fork, generators=lambda: [torch.Generator().manual_seed(0)])
     """
 
     def program(with_block: bool) -> tuple[T | None, dict[str, bytes]]:
@@ -108,6 +112,41 @@ def assert_invisible(
     changed = [name for name in expected if got[name] != expected[name]]
     assert not changed, f"the block changed the later draws of {', '.join(changed)}"
     return result  # type: ignore[return-value]
+
+
+# --- refusals ------------------------------------------------------------------------------
+
+
+@contextmanager
+def refused_unchanged(
+    error: type[BaseException], match: str | None = None, *, generators: Sequence[object] = ()
+) -> Iterator[pytest.ExceptionInfo[BaseException]]:
+    """The ``with`` body raises ``error`` (its message matching ``match``) and leaves every generator as it was.
+
+    Example::
+
+        with refused_unchanged(ValueError, "'numpy'"):
+            set_rng_state(corrupt_state_dict)
+    """
+    before = rng_fork.get_rng_state(generators=generators)
+    with pytest.raises(error, match=match) as info:
+        yield info
+    assert rng_fork.get_rng_state(generators=generators) == before, "a refused call changed a generator"
+
+
+def assert_error(error: BaseException | tuple[str, str], kind: type[BaseException] | str, *says: str) -> None:
+    """``error`` (or its ``(type name, message)``) is a ``kind`` whose message says each of ``says``:
+    the source or value it names, the rule broken. Its meaning, not its wording.
+
+    Example::
+
+        assert_error(info.value, ValueError, "'numpy'", "strict=False")
+    """
+    name, message = (type(error).__name__, str(error)) if isinstance(error, BaseException) else error
+    expected = kind if isinstance(kind, str) else kind.__name__
+    assert name == expected, f"a {name}, not a {expected}: {message}"
+    missing = [part for part in says if part not in message]
+    assert not missing, f"{message!r} does not say {missing}"
 
 
 # --- sources for tests ----------------------------------------------------------------------
@@ -196,34 +235,3 @@ def one_rank_group() -> Iterator[None]:
     finally:
         dist.destroy_process_group()
 
-
-@contextmanager
-def refused_unchanged(
-    error: type[BaseException], match: str | None = None, *, generators: Sequence[object] = ()
-) -> Iterator[pytest.ExceptionInfo[BaseException]]:
-    """The ``with`` body raises ``error`` (its message matching ``match``) and leaves every generator as it was.
-
-    Example::
-
-        with refused_unchanged(ValueError, "'numpy'"):
-            set_rng_state(corrupt_state_dict)
-    """
-    before = rng_fork.get_rng_state(generators=generators)
-    with pytest.raises(error, match=match) as info:
-        yield info
-    assert rng_fork.get_rng_state(generators=generators) == before, "a refused call changed a generator"
-
-
-def assert_error(error: BaseException | tuple[str, str], kind: type[BaseException] | str, *says: str) -> None:
-    """``error`` (or its ``(type name, message)``) is a ``kind`` whose message says each of ``says``:
-    the source or value it names, the rule broken. Its meaning, not its wording.
-
-    Example::
-
-        assert_error(info.value, ValueError, "'numpy'", "strict=False")
-    """
-    name, message = (type(error).__name__, str(error)) if isinstance(error, BaseException) else error
-    expected = kind if isinstance(kind, str) else kind.__name__
-    assert name == expected, f"a {name}, not a {expected}: {message}"
-    missing = [part for part in says if part not in message]
-    assert not missing, f"{message!r} does not say {missing}"
