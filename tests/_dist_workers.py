@@ -35,7 +35,7 @@ from rng_fork import get_rng_state
 from rng_fork.sources import LazyDeviceFamily, current_devices
 
 from .fakebackend import FakeLazyBackend
-from .helpers import ValueSource
+from .helpers import ValueSource, seed_globals
 
 ISOLATIONS: dict[str, Callable[[], AbstractContextManager[object]]] = {
     "none": contextlib.nullcontext,
@@ -73,12 +73,6 @@ def _entry(rank: int, world_size: int, port: int, out: str, scenario: str) -> No
     finally:
         dist.destroy_process_group()
     (Path(out) / f"{scenario}-rank{rank}.pkl").write_bytes(pickle.dumps(observed))
-
-
-def seed_globals(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def draws(*generators: torch.Generator) -> tuple[object, ...]:

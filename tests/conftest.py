@@ -48,6 +48,14 @@ def acc() -> Iterator[FakeModuleBackend]:
 
 
 @pytest.fixture
+def fresh_dynamo() -> Iterator[None]:
+    """torch.compile's caches emptied before and after the test, so each compiles anew."""
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+@pytest.fixture
 def thread_warning_reset(monkeypatch: pytest.MonkeyPatch) -> None:
     """The warning about blocks open in several threads, not yet given (it is given once a process)."""
     from rng_fork import _swap
