@@ -31,10 +31,11 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 import rng_fork
 import rng_fork.distributed as rd
-from rng_fork import PlainCodec, RngSource, get_rng_state
+from rng_fork import get_rng_state
 from rng_fork.sources import LazyDeviceFamily, current_devices
 
 from .fakebackend import FakeLazyBackend
+from .helpers import ValueSource, seed_globals
 
 ISOLATIONS: dict[str, Callable[[], AbstractContextManager[object]]] = {
     "none": contextlib.nullcontext,
@@ -72,12 +73,6 @@ def _entry(rank: int, world_size: int, port: int, out: str, scenario: str) -> No
     finally:
         dist.destroy_process_group()
     (Path(out) / f"{scenario}-rank{rank}.pkl").write_bytes(pickle.dumps(observed))
-
-
-def seed_globals(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def draws(*generators: torch.Generator) -> tuple[object, ...]:
@@ -176,26 +171,17 @@ def ddp_cuda(rank: int, world_size: int, out: Path) -> dict[str, Any]:
 # --- gather, broadcast, check in sync and checkpoints on two ranks -------------
 
 
-class HolderSource(RngSource):
+class HolderSource(ValueSource):
     """A registered source over a plain value, so one rank can have a source the other lacks."""
 
-    codec = PlainCodec("test-holder")
-
     def __init__(self, name: str, value: int, *, fail_restore: bool = False) -> None:
-        self.name = name
-        self.value = value
+        super().__init__(name, value)
         self.fail_restore = fail_restore
-
-    def save(self) -> int:
-        return self.value
 
     def load(self, part: Any) -> None:
         if self.fail_restore:
             raise RuntimeError(f"{self.name} cannot be restored here")
-        self.value = part
-
-    def seed(self, seed: int) -> None:
-        self.value = seed
+        super().load(part)
 
 
 def collectives(rank: int, world_size: int, out: Path) -> dict[str, Any]:

@@ -1,17 +1,17 @@
-"""Shared fixtures: a known starting state for every global generator."""
+"""Shared fixtures: a known starting state for every global generator, stand-in backends, hidden sources."""
 
 from __future__ import annotations
 
-import io
-import random
-import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from typing import Any
 
-import numpy as np
 import pytest
 import torch
+
+from rng_fork import RngFamily, RngSource, register_source, registered_sources
+from rng_fork.sources import LazyDeviceFamily, ModuleDeviceFamily
+
+from .fakebackend import FakeLazyBackend, FakeModuleBackend
+from .helpers import Unseen, registered, seed_globals
 
 HAS_CUDA = torch.cuda.is_available()
 
@@ -25,27 +25,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
-def seed_globals(seed: int) -> None:
-    """Seed every global generator the way a training script would."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def through_torch_save(state_dict: dict[str, Any]) -> dict[str, Any]:
-    """``state_dict`` after a round trip through torch.save and torch.load(weights_only=True)."""
-    buffer = io.BytesIO()
-    torch.save(state_dict, buffer)
-    buffer.seek(0)
-    loaded: dict[str, Any] = torch.load(buffer, weights_only=True)
-    return loaded
-
-
-def draw_all() -> tuple[float, float, list[float]]:
-    """One draw from each global CPU generator, gaussian caches included."""
-    return (random.gauss(0, 1), float(np.random.randn()), torch.randn(3).tolist())
-
-
 @pytest.fixture(autouse=True)
 def _seeded() -> Iterator[None]:
     seed_globals(1234)
@@ -53,33 +32,46 @@ def _seeded() -> Iterator[None]:
 
 
 @pytest.fixture
-def reference() -> Callable[[Callable[[], object]], object]:
-    """Run a function from the fixture's starting state and return what it gives."""
-
-    def run(fn: Callable[[], object]) -> object:
-        seed_globals(1234)
-        return fn()
-
-    return run
+def fake() -> Iterator[FakeLazyBackend]:
+    """A torch.cuda-like backend of two devices on CPU generators, registered as ``fake``."""
+    backend = FakeLazyBackend(count=2)
+    with registered(LazyDeviceFamily("fake", backend, device_type="cpu")):
+        yield backend
 
 
-@contextmanager
-def fork_open_in_another_thread() -> Iterator[None]:
-    """A ``fork_rng()`` block held open by a second thread while the body runs."""
-    import rng_fork
+@pytest.fixture
+def acc() -> Iterator[FakeModuleBackend]:
+    """A backend of two devices reached only through RNG functions, registered as ``acc``."""
+    backend = FakeModuleBackend(count=2)
+    with registered(ModuleDeviceFamily("acc", backend, device_type="cpu")):
+        yield backend
 
-    inside, release = threading.Event(), threading.Event()
 
-    def hold() -> None:
-        with rng_fork.fork_rng():
-            inside.set()
-            release.wait(10)
+@pytest.fixture
+def fresh_dynamo() -> Iterator[None]:
+    """torch.compile's caches emptied before and after the test, so each compiles anew."""
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
 
-    thread = threading.Thread(target=hold)
-    thread.start()
-    inside.wait(10)
-    try:
-        yield
-    finally:
-        release.set()
-        thread.join()
+
+@pytest.fixture
+def thread_warning_reset(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The warning about blocks open in several threads, not yet given (it is given once a process)."""
+    from rng_fork import _swap
+
+    monkeypatch.setattr(_swap, "_warned_threads", False)
+
+
+@pytest.fixture
+def hide_source() -> Iterator[Callable[[str], None]]:
+    """Make forks and snapshots blind to one registered source, for one test."""
+    hidden: list[RngSource | RngFamily] = []
+
+    def hide(name: str) -> None:
+        hidden.append(next(s for s in registered_sources() if s.name == name))
+        register_source(Unseen(name), replace=True)  # keeps the registry's order
+
+    yield hide
+    for source in hidden:
+        register_source(source, replace=True)

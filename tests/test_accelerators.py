@@ -10,26 +10,16 @@ from __future__ import annotations
 import random
 import warnings
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 import torch
 
 import rng_fork
-from rng_fork import PlainCodec, RngForkWarning, RngSource, RngStream, fork_rng
+from rng_fork import RngForkWarning, RngStream, fork_rng
 from rng_fork.sources import LazyDeviceFamily, ModuleDeviceFamily, current_devices, device_family
 
 from .fakebackend import FakeLazyBackend, FakeModuleBackend
-
-
-@pytest.fixture
-def acc() -> Iterator[FakeModuleBackend]:
-    backend = FakeModuleBackend(count=2)
-    rng_fork.register_source(ModuleDeviceFamily("acc", backend, device_type="cpu"))
-    try:
-        yield backend
-    finally:
-        rng_fork.unregister_source("acc")
+from .helpers import ValueSource, registered
 
 
 def _states(backend: FakeModuleBackend) -> list[torch.Tensor]:
@@ -79,21 +69,18 @@ def test_a_block_that_initializes_it_is_reported(acc: FakeModuleBackend) -> None
 
 def test_a_backend_without_a_lazy_flag_is_forked_whenever_it_has_devices() -> None:
     mps_like = FakeModuleBackend(count=1, lazy=False)
-    source = rng_fork.register_source(ModuleDeviceFamily("mpslike", mps_like, device_type="cpu"))
-    try:
+    source = ModuleDeviceFamily("mpslike", mps_like, device_type="cpu")
+    with registered(source):
         assert source.available() and not source.inert()
         before = _states(mps_like)
         with fork_rng():
             mps_like.rand(0)
         assert _same(_states(mps_like), before)
-    finally:
-        rng_fork.unregister_source("mpslike")
 
 
 def test_several_device_types_are_forked_together(acc: FakeModuleBackend) -> None:
     lazy = FakeLazyBackend(count=2)
-    rng_fork.register_source(LazyDeviceFamily("lazyacc", lazy, device_type="cpu"))
-    try:
+    with registered(LazyDeviceFamily("lazyacc", lazy, device_type="cpu")):
         acc.init()
         lazy.init()
         before = (_states(acc), [g.get_state() for g in lazy.default_generators])
@@ -102,8 +89,6 @@ def test_several_device_types_are_forked_together(acc: FakeModuleBackend) -> Non
             lazy.rand(1)
         assert _same(_states(acc), before[0])
         assert _same([g.get_state() for g in lazy.default_generators], before[1])
-    finally:
-        rng_fork.unregister_source("lazyacc")
 
 
 def test_device_source_picks_the_adapter() -> None:
@@ -119,9 +104,9 @@ def test_device_source_picks_the_adapter() -> None:
 def test_current_devices_names_each_initialized_types_current_device(acc: FakeModuleBackend) -> None:
     lazy = FakeLazyBackend(count=2)
     single = FakeModuleBackend(count=1, lazy=False)
-    rng_fork.register_source(LazyDeviceFamily("lazyacc", lazy, device_type="cpu"))
-    rng_fork.register_source(ModuleDeviceFamily("single", single, device_type="cpu"))
-    try:
+    with registered(
+        LazyDeviceFamily("lazyacc", lazy, device_type="cpu"), ModuleDeviceFamily("single", single, device_type="cpu")
+    ):
         # Uninitialized types have none (asking would initialize them); a module without
         # current_device has one only if it has a single device (MPS).
         assert current_devices() == {"single": "single:0"}
@@ -132,9 +117,6 @@ def test_current_devices_names_each_initialized_types_current_device(acc: FakeMo
         assert current_devices() == {"lazyacc": "lazyacc:1", "single": "single:0"}
         acc.current_device = lambda: 1  # type: ignore[attr-defined]
         assert current_devices()["acc"] == "acc:1"
-    finally:
-        rng_fork.unregister_source("lazyacc")
-        rng_fork.unregister_source("single")
 
 
 def test_mps_is_registered_and_inert_without_a_device() -> None:
@@ -205,11 +187,8 @@ class _CapturingBackend(FakeLazyBackend):
 def capturing() -> Iterator[_CapturingBackend]:
     backend = _CapturingBackend(count=1)
     backend.init()
-    rng_fork.register_source(LazyDeviceFamily("graphs", backend, device_type="cpu"))
-    try:
+    with registered(LazyDeviceFamily("graphs", backend, device_type="cpu")):
         yield backend
-    finally:
-        rng_fork.unregister_source("graphs")
 
 
 def test_fork_during_graph_capture_raises_a_clear_error_and_changes_nothing(capturing: _CapturingBackend) -> None:
@@ -235,20 +214,12 @@ def test_unseeded_fork_inside_a_graph_safe_capture_isolates(capturing: _Capturin
     assert torch.equal(torch.rand(3, generator=inner), expected)
 
 
-class _SeedRecorder(RngSource):
+class _SeedRecorder(ValueSource):
     """A registered source that records every seed it is given."""
 
-    name = "recorder"
-    codec = PlainCodec("test-recorder")
-
     def __init__(self) -> None:
+        super().__init__("recorder")
         self.seeds: list[int] = []
-
-    def save(self) -> int:
-        return len(self.seeds)
-
-    def load(self, part: Any) -> None:
-        pass
 
     def seed(self, seed: int) -> None:
         self.seeds.append(seed)
@@ -262,8 +233,8 @@ def test_seeds_and_streams_during_graph_capture_raise_a_clear_error_before_any_c
     # Spies on the first source seeded (Python's) and on one registered after the device.
     python_seeds: list[object] = []
     monkeypatch.setattr(random._inst, "seed", python_seeds.append)
-    recorder = rng_fork.register_source(_SeedRecorder())
-    try:
+    recorder = _SeedRecorder()
+    with registered(recorder):
         seeded, unseeded, started = RngStream(seed=11), RngStream(), RngStream()
         with started:
             pass
@@ -287,8 +258,6 @@ def test_seeds_and_streams_during_graph_capture_raise_a_clear_error_before_any_c
         assert torch.equal(torch.get_rng_state(), cpu_before)
         capturing.capturing = False
         assert rng_fork.get_rng_state() == before
-    finally:
-        rng_fork.unregister_source("recorder")
 
 
 @pytest.mark.parametrize("graph_safe", [False, True])

@@ -18,7 +18,7 @@ import sys
 import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pytest
@@ -53,6 +53,7 @@ words_st = st.integers(0, 2**64).map(_mixed_words)
 index_st = st.sampled_from([0, 1, 2, 311, 622, 623, 624]) | st.integers(0, 624)
 finite_st = st.floats(allow_nan=False, allow_infinity=False, width=64)
 gauss_next_st = st.none() | finite_st
+has_gauss_st = st.sampled_from([0, 1])
 
 # Operations on random.Random; counts include odd numbers of gauss() calls so
 # that gauss_next is left populated.
@@ -104,12 +105,124 @@ def np_stream(rs: np.random.RandomState) -> bytes:
     return rs.randn(3).tobytes() + rs.bytes(2600) + rs.random_sample(5).tobytes() + rs.randn(1).tobytes()
 
 
-def set_py(r: random.Random, words: tuple[int, ...], index: int, gauss_next: float | None) -> None:
-    random.Random.setstate(r, (3, (*words, index), gauss_next))
+class PyState(NamedTuple):
+    """A random.Random state: the 624 words, the index into them, the cached Gaussian."""
+
+    words: tuple[int, ...]
+    index: int
+    gauss_next: float | None
+
+    def set(self, r: random.Random) -> random.Random:
+        random.Random.setstate(r, (3, (*self.words, self.index), self.gauss_next))
+        return r
 
 
-def set_np(rs: np.random.RandomState, words: tuple[int, ...], pos: int, has_gauss: int, gauss: float) -> None:
-    rs.set_state(("MT19937", np.array(words, dtype=np.uint32), pos, has_gauss, gauss))
+class NpState(NamedTuple):
+    """A RandomState's MT19937 state: the 624 words, the position, the Gaussian cache."""
+
+    words: tuple[int, ...]
+    pos: int
+    has_gauss: int
+    gauss: float
+
+    def set(self, rs: np.random.RandomState) -> np.random.RandomState:
+        rs.set_state(("MT19937", np.array(self.words, dtype=np.uint32), self.pos, self.has_gauss, self.gauss))
+        return rs
+
+
+@st.composite
+def py_states(draw: st.DrawFn, words: st.SearchStrategy[tuple[int, ...]] = words_st) -> PyState:
+    return PyState(draw(words), draw(index_st), draw(gauss_next_st))
+
+
+@st.composite
+def np_states(
+    draw: st.DrawFn,
+    words: st.SearchStrategy[tuple[int, ...]] = words_st,
+    has_gauss: st.SearchStrategy[int] = has_gauss_st,
+) -> NpState:
+    return NpState(draw(words), draw(index_st), draw(has_gauss), draw(finite_st))
+
+
+class Kind(NamedTuple):
+    """What the fast path offers for one kind of generator, and how the tests drive it."""
+
+    make: Callable[[], Any]  # a fresh generator
+    run: Callable[[Any, list[tuple[str, int]]], None]
+    stream: Callable[[Any], object]
+    state_of: Callable[[Any], object]  # through the official API
+    copy_state: Callable[[Any, Any], None]  # from the first generator into the second
+    capture_fast: Callable[[Any], Any]
+    capture_portable: Callable[[Any], Any]
+    restore_fast: Callable[[Any, Any], None]
+    restore_portable: Callable[[Any, Any], None]
+
+
+PYTHON = Kind(
+    random.Random, run_py, py_stream, random.Random.getstate,
+    lambda r, into: random.Random.setstate(into, random.Random.getstate(r)),
+    fp._capture_python_fast, fp.capture_python_portable, fp._restore_python_fast, fp.restore_python_portable,
+)
+NUMPY = Kind(
+    lambda: np.random.RandomState(0), run_np, np_stream, fp.capture_numpy_portable,
+    lambda rs, into: into.set_state(rs.get_state()),
+    fp._capture_numpy_fast, fp.capture_numpy_portable, fp._restore_numpy_fast, fp.restore_numpy_portable,
+)
+
+
+def assert_fast_and_portable_restores_alike(
+    kind: Kind, state: PyState | NpState, ops: list[tuple[str, int]], after: list[tuple[str, int]]
+) -> None:
+    """After ``ops``, a snapshot restored the fast way and the portable way draws the same stream, exactly."""
+    g = state.set(kind.make())
+    kind.run(g, ops)
+    snap = kind.capture_portable(g)
+    reference = kind.make()
+    kind.copy_state(g, reference)
+    expected = kind.stream(reference)
+
+    kind.run(g, after)
+    kind.restore_fast(g, snap)
+    assert kind.capture_portable(g) == snap
+    got_fast = kind.stream(g)
+
+    kind.run(g, after)
+    kind.restore_portable(g, snap)
+    got_portable = kind.stream(g)
+    assert got_fast == got_portable == expected
+
+
+def assert_raw_pattern_round_trips(kind: Kind, state: PyState | NpState, other_seed: int = 1) -> None:
+    g = state.set(kind.make())
+    snap = kind.capture_fast(g)
+    assert snap == kind.capture_portable(g)
+    other = kind.make()
+    other.seed(other_seed)
+    kind.restore_fast(other, snap)
+    assert kind.state_of(other) == kind.state_of(g)
+
+
+def assert_savers_restore_exactly(
+    kind: Kind,
+    savers: Callable[[Any], tuple[Callable[[], Any], Callable[[Any], None]]],
+    fast_form: Callable[[Any], bool],
+    state: PyState | NpState,
+    ops: list[tuple[str, int]],
+    after: list[tuple[str, int]],
+) -> None:
+    """The (save, load) pair forks use restores exactly; its fast form is the snapshot format."""
+    g = kind.make()
+    save, load = savers(g)
+    state.set(g)
+    kind.run(g, ops)
+    saved = save()
+    if fast_form(saved):
+        assert saved == kind.capture_portable(g)
+    reference = kind.make()
+    kind.copy_state(g, reference)
+    kind.run(g, after)
+    load(saved)
+    assert kind.stream(g) == kind.stream(reference)
 
 
 @pytest.fixture(autouse=True)
@@ -159,12 +272,9 @@ def test_discovered_layout_matches_known_structs() -> None:
 
 @needs_fast_python
 @SETTINGS
-@given(words=words_st, index=index_st, gauss_next=gauss_next_st, ops=py_ops_st)
-def test_python_fast_capture_equals_portable(
-    words: tuple[int, ...], index: int, gauss_next: float | None, ops: list[tuple[str, int]]
-) -> None:
-    r = random.Random()
-    set_py(r, words, index, gauss_next)
+@given(state=py_states(), ops=py_ops_st)
+def test_python_fast_capture_equals_portable(state: PyState, ops: list[tuple[str, int]]) -> None:
+    r = state.set(random.Random())
     assert fp._capture_python_fast(r) == fp.capture_python_portable(r)
     run_py(r, ops)
     fast = fp._capture_python_fast(r)
@@ -181,56 +291,35 @@ def test_python_fast_capture_equals_portable(
 
 @needs_fast_python
 @SETTINGS
-@given(words=words_st, index=index_st, gauss_next=gauss_next_st, ops=py_ops_st, after=py_ops_st)
+@given(state=py_states(), ops=py_ops_st, after=py_ops_st)
 def test_python_fast_restore_equals_portable(
-    words: tuple[int, ...],
-    index: int,
-    gauss_next: float | None,
-    ops: list[tuple[str, int]],
-    after: list[tuple[str, int]],
+    state: PyState, ops: list[tuple[str, int]], after: list[tuple[str, int]]
 ) -> None:
-    r = random.Random()
-    set_py(r, words, index, gauss_next)
-    run_py(r, ops)
-    snap = fp.capture_python_portable(r)
-    reference = random.Random()
-    random.Random.setstate(reference, random.Random.getstate(r))
-    expected = py_stream(reference)
-
-    run_py(r, after)
-    fp._restore_python_fast(r, snap)
-    assert fp.capture_python_portable(r) == snap
-    got_fast = py_stream(r)
-
-    run_py(r, after)
-    fp.restore_python_portable(r, snap)
-    got_portable = py_stream(r)
-    assert got_fast == got_portable == expected
+    assert_fast_and_portable_restores_alike(PYTHON, state, ops, after)
 
 
 @needs_fast_python
 @SETTINGS
-@given(words=raw_words_st, index=index_st, gauss_next=gauss_next_st)
-def test_python_raw_patterns_capture_and_restore(words: tuple[int, ...], index: int, gauss_next: float | None) -> None:
-    r = random.Random()
-    set_py(r, words, index, gauss_next)
-    snap = fp._capture_python_fast(r)
-    assert snap == fp.capture_python_portable(r)
-    other = random.Random(1)
-    fp._restore_python_fast(other, snap)
-    assert random.Random.getstate(other) == random.Random.getstate(r)
+@given(state=py_states(words=raw_words_st))
+def test_python_raw_patterns_capture_and_restore(state: PyState) -> None:
+    assert_raw_pattern_round_trips(PYTHON, state)
+
+
+def assert_cross_restores_after_pickling(kind: Kind, g: Any) -> None:
+    """A fast snapshot, pickled, restores exactly through either path."""
+    fast = kind.capture_fast(g)
+    expected = kind.stream(g)
+    for restore in (kind.restore_portable, kind.restore_fast):
+        g.seed(1)
+        restore(g, pickle.loads(pickle.dumps(fast)))
+        assert kind.stream(g) == expected
 
 
 @needs_fast_python
 def test_python_cross_restore_and_pickle() -> None:
     r = random.Random(42)
     r.gauss(0.0, 1.0)  # populate gauss_next
-    fast = fp._capture_python_fast(r)
-    expected = py_stream(r)
-    for restore in (fp.restore_python_portable, fp._restore_python_fast):
-        r.seed(1)
-        restore(r, pickle.loads(pickle.dumps(fast)))
-        assert py_stream(r) == expected
+    assert_cross_restores_after_pickling(PYTHON, r)
 
 
 def test_python_global_instance_fork() -> None:
@@ -301,12 +390,9 @@ def test_python_rejects_non_random() -> None:
 
 @needs_fast_numpy
 @SETTINGS
-@given(words=words_st, pos=index_st, has_gauss=st.sampled_from([0, 1]), gauss=finite_st, ops=np_ops_st)
-def test_numpy_fast_capture_equals_portable(
-    words: tuple[int, ...], pos: int, has_gauss: int, gauss: float, ops: list[tuple[str, int]]
-) -> None:
-    rs = np.random.RandomState(0)
-    set_np(rs, words, pos, has_gauss, gauss)
+@given(state=np_states(), ops=np_ops_st)
+def test_numpy_fast_capture_equals_portable(state: NpState, ops: list[tuple[str, int]]) -> None:
+    rs = state.set(np.random.RandomState(0))
     assert fp._capture_numpy_fast(rs) == fp.capture_numpy_portable(rs)
     run_np(rs, ops)
     fast = fp._capture_numpy_fast(rs)
@@ -317,59 +403,25 @@ def test_numpy_fast_capture_equals_portable(
     assert hash(fast) == hash(portable)
     assert pickle.loads(pickle.dumps(fast)) == portable
     # The documented format: 624 key words then pos, little-endian.
-    state = rs.get_state(legacy=False)
-    assert struct.unpack("<624Ii", fast[0]) == (*state["state"]["key"].tolist(), state["state"]["pos"])
-    assert fast[1:] == (state["has_gauss"], state["gauss"])
+    official = rs.get_state(legacy=False)
+    assert struct.unpack("<624Ii", fast[0]) == (*official["state"]["key"].tolist(), official["state"]["pos"])
+    assert fast[1:] == (official["has_gauss"], official["gauss"])
 
 
 @needs_fast_numpy
 @SETTINGS
-@given(
-    words=words_st,
-    pos=index_st,
-    has_gauss=st.sampled_from([0, 1]),
-    gauss=finite_st,
-    ops=np_ops_st,
-    after=np_ops_st,
-)
+@given(state=np_states(), ops=np_ops_st, after=np_ops_st)
 def test_numpy_fast_restore_equals_portable(
-    words: tuple[int, ...],
-    pos: int,
-    has_gauss: int,
-    gauss: float,
-    ops: list[tuple[str, int]],
-    after: list[tuple[str, int]],
+    state: NpState, ops: list[tuple[str, int]], after: list[tuple[str, int]]
 ) -> None:
-    rs = np.random.RandomState(0)
-    set_np(rs, words, pos, has_gauss, gauss)
-    run_np(rs, ops)
-    snap = fp.capture_numpy_portable(rs)
-    reference = np.random.RandomState(0)
-    reference.set_state(rs.get_state())
-    expected = np_stream(reference)
-
-    run_np(rs, after)
-    fp._restore_numpy_fast(rs, snap)
-    assert fp.capture_numpy_portable(rs) == snap
-    got_fast = np_stream(rs)
-
-    run_np(rs, after)
-    fp.restore_numpy_portable(rs, snap)
-    got_portable = np_stream(rs)
-    assert got_fast == got_portable == expected
+    assert_fast_and_portable_restores_alike(NUMPY, state, ops, after)
 
 
 @needs_fast_numpy
 @SETTINGS
-@given(words=raw_words_st, pos=index_st, has_gauss=st.integers(-(2**31), 2**31 - 1), gauss=finite_st)
-def test_numpy_raw_patterns_capture_and_restore(words: tuple[int, ...], pos: int, has_gauss: int, gauss: float) -> None:
-    rs = np.random.RandomState(0)
-    set_np(rs, words, pos, has_gauss, gauss)
-    snap = fp._capture_numpy_fast(rs)
-    assert snap == fp.capture_numpy_portable(rs)
-    other = np.random.RandomState(1)
-    fp._restore_numpy_fast(other, snap)
-    assert fp.capture_numpy_portable(other) == snap
+@given(state=np_states(words=raw_words_st, has_gauss=st.integers(-(2**31), 2**31 - 1)))
+def test_numpy_raw_patterns_capture_and_restore(state: NpState) -> None:
+    assert_raw_pattern_round_trips(NUMPY, state)
 
 
 def test_numpy_global_instance_fork() -> None:
@@ -389,12 +441,7 @@ def test_numpy_global_instance_fork() -> None:
 def test_numpy_cross_restore_and_pickle() -> None:
     rs = np.random.RandomState(9)
     rs.randn()
-    fast = fp._capture_numpy_fast(rs)
-    expected = np_stream(rs)
-    for restore in (fp.restore_numpy_portable, fp._restore_numpy_fast):
-        rs.seed(1)
-        restore(rs, pickle.loads(pickle.dumps(fast)))
-        assert np_stream(rs) == expected
+    assert_cross_restores_after_pickling(NUMPY, rs)
 
 
 @needs_fast_numpy
@@ -644,57 +691,21 @@ def test_import_leaves_global_generators_alone() -> None:
 
 
 @SETTINGS
-@given(words=words_st, index=index_st, gauss_next=gauss_next_st, ops=py_ops_st, after=py_ops_st)
+@given(state=py_states(), ops=py_ops_st, after=py_ops_st)
 def test_python_savers_equal_portable_snapshots_and_restore_exactly(
-    words: tuple[int, ...],
-    index: int,
-    gauss_next: float | None,
-    ops: list[tuple[str, int]],
-    after: list[tuple[str, int]],
+    state: PyState, ops: list[tuple[str, int]], after: list[tuple[str, int]]
 ) -> None:
-    r = random.Random()
-    save, load = fp.python_savers(r)
-    set_py(r, words, index, gauss_next)
-    run_py(r, ops)
-    saved = save()
-    if fp.FAST_PYTHON:  # the fast form is the snapshot format; the portable one is getstate's
-        assert saved == fp.capture_python_portable(r)
-    reference = random.Random()
-    random.Random.setstate(reference, random.Random.getstate(r))
-    run_py(r, after)
-    load(saved)
-    assert py_stream(r) == py_stream(reference)
+    # The fast form is the snapshot format; the portable one is getstate's.
+    assert_savers_restore_exactly(PYTHON, fp.python_savers, lambda saved: fp.FAST_PYTHON, state, ops, after)
 
 
 @SETTINGS
-@given(
-    words=words_st,
-    pos=index_st,
-    has_gauss=st.sampled_from([0, 1]),
-    gauss=finite_st,
-    ops=np_ops_st,
-    after=np_ops_st,
-)
+@given(state=np_states(), ops=np_ops_st, after=np_ops_st)
 def test_numpy_savers_equal_portable_snapshots_and_restore_exactly(
-    words: tuple[int, ...],
-    pos: int,
-    has_gauss: int,
-    gauss: float,
-    ops: list[tuple[str, int]],
-    after: list[tuple[str, int]],
+    state: NpState, ops: list[tuple[str, int]], after: list[tuple[str, int]]
 ) -> None:
-    rs = np.random.RandomState(0)
-    save, load = fp.numpy_savers(rs)
-    set_np(rs, words, pos, has_gauss, gauss)
-    run_np(rs, ops)
-    saved = save()
-    if len(saved) == 3:  # the fast form is the snapshot format; the other one is get_state's, with the bit generator
-        assert saved == fp.capture_numpy_portable(rs)
-    reference = np.random.RandomState(0)
-    reference.set_state(rs.get_state())
-    run_np(rs, after)
-    load(saved)
-    assert np_stream(rs) == np_stream(reference)
+    # The fast form is the snapshot format; the other one is get_state's, with the bit generator.
+    assert_savers_restore_exactly(NUMPY, fp.numpy_savers, lambda saved: len(saved) == 3, state, ops, after)
 
 
 def test_numpy_savers_follow_a_new_bit_generator() -> None:

@@ -5,26 +5,36 @@ from __future__ import annotations
 import random
 import warnings
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 
 import rng_fork
-from rng_fork import PlainCodec, RngSource, fork_rng
+from rng_fork import fork_rng
 
-from .conftest import draw_all, fork_open_in_another_thread, seed_globals, through_torch_save
+from .helpers import (
+    ValueSource,
+    assert_invisible,
+    draw_all,
+    fork_open_in_another_thread,
+    refused_unchanged,
+    registered,
+    seed_globals,
+    through_torch_save,
+)
 
 
 def test_block_is_invisible() -> None:
-    expected = draw_all()
-    seed_globals(1234)
-    with fork_rng():
-        draw_all()
-        torch.rand(100)
-        np.random.rand(7)
-        random.random()
-    assert draw_all() == expected
+    def block() -> None:
+        with fork_rng():
+            draw_all()
+            torch.rand(100)
+            np.random.rand(7)
+            random.random()
+
+    assert_invisible(block)
 
 
 def test_block_starts_from_current_state() -> None:
@@ -36,29 +46,17 @@ def test_block_starts_from_current_state() -> None:
 
 @pytest.mark.parametrize("odd", [1, 3, 5])
 def test_gaussian_caches_after_odd_draws(odd: int) -> None:
-    def program() -> list[object]:
-        out: list[object] = []
+    def gaussians() -> None:
         for _ in range(odd):
-            out += [random.gauss(0, 1), float(np.random.randn()), torch.randn(1).item()]
+            random.gauss(0, 1)
+            np.random.randn()
+            torch.randn(1)
+
+    def block() -> None:
         with fork_rng():
-            for _ in range(odd):
-                random.gauss(0, 1)
-                np.random.randn()
-                torch.randn(1)
-        out += [random.gauss(0, 1), float(np.random.randn()), np.random.standard_normal(), torch.randn(5).tolist()]
-        return out
+            gaussians()
 
-    def without_block() -> list[object]:
-        out: list[object] = []
-        for _ in range(odd):
-            out += [random.gauss(0, 1), float(np.random.randn()), torch.randn(1).item()]
-        out += [random.gauss(0, 1), float(np.random.randn()), np.random.standard_normal(), torch.randn(5).tolist()]
-        return out
-
-    seed_globals(5)
-    got = program()
-    seed_globals(5)
-    assert got == without_block()
+    assert_invisible(block, before=gaussians, seed=5)  # the later draws start with the cached Gaussians
 
 
 def test_legacy_gauss_cache_only_change_is_restored() -> None:
@@ -72,17 +70,18 @@ def test_legacy_gauss_cache_only_change_is_restored() -> None:
 
 
 def test_seeded_block_is_deterministic_and_invisible() -> None:
-    expected = draw_all()
     inside = []
     for start in (1234, 99):
         seed_globals(start)
         with fork_rng(seed=7):
             inside.append(draw_all())
     assert inside[0] == inside[1]
-    seed_globals(1234)
-    with fork_rng(seed=7):
-        draw_all()
-    assert draw_all() == expected
+
+    def block() -> None:
+        with fork_rng(seed=7):
+            draw_all()
+
+    assert_invisible(block)
 
 
 def test_seed_matches_plain_seeding() -> None:
@@ -92,42 +91,34 @@ def test_seed_matches_plain_seeding() -> None:
     assert got == draw_all()
 
 
-def test_exception_restores_and_propagates() -> None:
-    expected = draw_all()
-    seed_globals(1234)
-    with pytest.raises(ZeroDivisionError):
-        with fork_rng():
-            draw_all()
-            1 / 0  # noqa: B018
-    assert draw_all() == expected
+@pytest.mark.parametrize("error", [ZeroDivisionError, KeyboardInterrupt])
+def test_an_exception_restores_and_propagates(error: type[BaseException]) -> None:
+    def block() -> None:
+        with pytest.raises(error):
+            with fork_rng():
+                draw_all()
+                raise error
 
-
-def test_keyboard_interrupt_restores() -> None:
-    expected = draw_all()
-    seed_globals(1234)
-    with pytest.raises(KeyboardInterrupt):
-        with fork_rng():
-            draw_all()
-            raise KeyboardInterrupt
-    assert draw_all() == expected
+    assert_invisible(block)
 
 
 def test_reuse_and_nesting() -> None:
     fork = fork_rng()
-    expected = draw_all()
-    seed_globals(1234)
-    with fork:
-        draw_all()
-    with fork:
-        draw_all()
+
+    def block() -> None:
         with fork:
-            torch.rand(3)
-            with fork_rng(seed=3):
-                with fork:
-                    random.random()
-                np.random.rand()
-        random.random()
-    assert draw_all() == expected
+            draw_all()
+        with fork:
+            draw_all()
+            with fork:
+                torch.rand(3)
+                with fork_rng(seed=3):
+                    with fork:
+                        random.random()
+                    np.random.rand()
+            random.random()
+
+    assert_invisible(block)
 
 
 def test_nested_inner_restores_to_outer_block_state() -> None:
@@ -156,10 +147,8 @@ def test_enabled_false_is_a_plain_block() -> None:
 
 @pytest.mark.parametrize("seed", [True, np.bool_(True), torch.tensor(True), torch.tensor(1), 1.0, np.float64(1.0), "1"])
 def test_non_int_seed_is_type_error(seed: object) -> None:
-    before = rng_fork.get_rng_state()
-    with pytest.raises(TypeError, match="seed"):
+    with refused_unchanged(TypeError, match="seed"):
         fork_rng(seed=seed)  # type: ignore[arg-type]
-    assert rng_fork.get_rng_state() == before
 
 
 @pytest.mark.parametrize("seed", [-1, 2**32, 2**64])
@@ -208,10 +197,9 @@ def test_generators_must_be_iterable() -> None:
 )
 def test_one_object_instead_of_a_list_is_refused_before_drawing(single: Callable[[], object]) -> None:
     obj = single()
-    before = rng_fork.get_rng_state()
-    with pytest.raises(TypeError, match=rf"not one {type(obj).__qualname__}: pass generators=\[\.\.\.\]"):
+    # Iterating a sampler or a loader would have drawn.
+    with refused_unchanged(TypeError, match=rf"not one {type(obj).__qualname__}: pass generators=\[\.\.\.\]"):
         fork_rng(generators=obj)  # type: ignore[arg-type]
-    assert rng_fork.get_rng_state() == before  # iterating a sampler or a loader would have drawn
     with fork_rng(generators=[obj]):  # as the message says
         pass
 
@@ -357,54 +345,54 @@ def test_bad_devices(devices: object, error: type[Exception]) -> None:
 def test_devices_of_an_absent_backend_are_ignored() -> None:
     if torch.cuda.device_count():
         pytest.skip("this machine has CUDA devices")
-    expected = draw_all()
-    seed_globals(1234)
-    with fork_rng(devices=[0]):
-        draw_all()
-    assert draw_all() == expected
+
+    def block() -> None:
+        with fork_rng(devices=[0]):
+            draw_all()
+
+    assert_invisible(block)
 
 
 @pytest.mark.cuda
 def test_missing_device_raises_before_anything_changes() -> None:
     count = torch.cuda.device_count()
-    before = rng_fork.get_rng_state()
-    with pytest.raises(ValueError, match=f"no device {count}"):
+    with refused_unchanged(ValueError, match=f"no device {count}"):
         with fork_rng(devices=[count], seed=3):
             pass
-    assert rng_fork.get_rng_state() == before
 
 
 def test_empty_devices_forks_the_cpu_sources() -> None:
-    expected = draw_all()
-    seed_globals(1234)
-    with fork_rng(devices=[]):
-        draw_all()
-    assert draw_all() == expected
+    def block() -> None:
+        with fork_rng(devices=[]):
+            draw_all()
+
+    assert_invisible(block)
 
 
 def test_generator_objects_are_forked() -> None:
-    tg = torch.Generator().manual_seed(1)
-    ng = np.random.default_rng(2)
-    rs = np.random.RandomState(3)
-    pr = random.Random(4)
-    bg = np.random.PCG64(5)
-
-    def draws() -> list[object]:
+    def generators() -> list[object]:
         return [
-            torch.rand(2, generator=tg).tolist(),
-            ng.normal(),
-            rs.randn(),
-            pr.gauss(0, 1),
-            float(bg.random_raw()),
+            torch.Generator().manual_seed(1),
+            np.random.default_rng(2),
+            np.random.RandomState(3),
+            random.Random(4),
+            np.random.PCG64(5),
         ]
 
-    before = [draws() for _ in range(1)]
-    del before
-    expected_state = rng_fork.get_rng_state(generators=[tg, ng, rs, pr, bg])
-    with fork_rng(generators=[tg, ng, rs, pr, bg]):
-        draws()
-        draws()
-    assert rng_fork.get_rng_state(generators=[tg, ng, rs, pr, bg]) == expected_state
+    def draws(tg: torch.Generator, ng: np.random.Generator, rs: np.random.RandomState, pr: random.Random,
+              bg: np.random.PCG64) -> None:
+        torch.rand(2, generator=tg)
+        ng.normal()
+        rs.randn()
+        pr.gauss(0, 1)
+        bg.random_raw()
+
+    def block(*gens: Any) -> None:
+        with fork_rng(generators=gens):
+            draws(*gens)
+            draws(*gens)
+
+    assert_invisible(block, before=draws, generators=generators)  # draws before: caches filled
 
 
 def test_seed_reaches_generator_objects() -> None:
@@ -423,45 +411,35 @@ def test_seed_reaches_generator_objects() -> None:
     assert got == expected
 
 
-class _FlakySource(RngSource):
+class _FlakySource(ValueSource):
     """A source whose restore fails once ``fail`` is set (by the block under test)."""
 
-    name = "flaky"
-    codec = PlainCodec("flaky")
-
     def __init__(self) -> None:
-        self.value = 0
+        super().__init__("flaky")
         self.fail = False
-
-    def save(self) -> int:
-        return self.value
 
     def load(self, part: object) -> None:
         if self.fail:
             raise OSError("disk on fire")
-        self.value = int(part)  # type: ignore[call-overload]
-
-    def seed(self, seed: int) -> None:
-        self.value = seed
+        super().load(part)
 
 
 def test_restore_failure_restores_the_rest_and_chains() -> None:
-    flaky = rng_fork.register_source(_FlakySource())
-    try:
-        expected = draw_all()
-        seed_globals(1234)
+    flaky = _FlakySource()
+
+    def block() -> pytest.ExceptionInfo[rng_fork.RngRestoreError]:
         with pytest.raises(rng_fork.RngRestoreError) as info:
             with fork_rng():
                 draw_all()
                 flaky.fail = True
                 raise ValueError("block failed")
-    finally:
-        rng_fork.unregister_source("flaky")
+        return info
+
+    with registered(flaky):
+        info = assert_invisible(block)  # every other source was restored although one failed
     assert list(info.value.failures) == ["flaky"]
     assert "disk on fire" in str(info.value)
     assert isinstance(info.value.__cause__, ValueError)
-    # Every other source was restored although one failed.
-    assert draw_all() == expected
 
 
 def test_repr() -> None:
@@ -471,27 +449,25 @@ def test_repr() -> None:
 def test_registering_a_source_after_a_fork_is_seen_by_the_next() -> None:
     with fork_rng():
         pass
-    holder = rng_fork.register_source(_FlakySource())
-    try:
+    holder = _FlakySource()
+    with registered(holder):
         holder.value = 5
         with fork_rng(seed=1):
             assert holder.value == 1
         assert holder.value == 5
-    finally:
-        rng_fork.unregister_source("flaky")
     with fork_rng(seed=1):
         holder.value = 9
     assert holder.value == 9  # no longer registered: no longer forked
 
 
 def test_disabling_inside_the_block_still_restores() -> None:
-    fork = fork_rng()
-    expected = draw_all()
-    seed_globals(1234)
-    with fork:
-        draw_all()
-        fork.enabled = False
-    assert draw_all() == expected
+    def block() -> None:
+        fork = fork_rng()
+        with fork:
+            draw_all()
+            fork.enabled = False
+
+    assert_invisible(block)
 
 
 def test_global_numpy_on_another_bit_generator() -> None:
@@ -566,19 +542,19 @@ def test_a_block_that_swaps_numpys_bit_generator_is_undone(kinds: tuple[str, str
         set_bit_generator(original)
 
 
-def test_a_warning_turned_into_an_error_changes_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.usefixtures("thread_warning_reset")
+def test_a_warning_turned_into_an_error_changes_nothing() -> None:
     from rng_fork import _swap
 
-    monkeypatch.setattr(_swap, "_warned_threads", False)
-    with fork_open_in_another_thread():
-        expected = draw_all()
-        seed_globals(1234)
+    def block() -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("error", rng_fork.RngForkWarning)
-            with pytest.raises(rng_fork.RngForkWarning):
+            with pytest.raises(rng_fork.RngForkWarning, match="thread"):
                 with fork_rng(seed=0):
                     pass
-        assert draw_all() == expected
+
+    with fork_open_in_another_thread():
+        assert_invisible(block)
     assert not _swap._layers
 
 
@@ -592,14 +568,14 @@ def test_a_block_may_end_in_another_thread() -> None:
             torch.rand(3)
             yield
 
-    expected = draw_all()
-    seed_globals(1234)
-    steps = body()
-    next(steps)  # entered here
-    finisher = threading.Thread(target=lambda: next(steps, None))  # exited there
-    finisher.start()
-    finisher.join()
-    assert draw_all() == expected
+    def block() -> None:
+        steps = body()
+        next(steps)  # entered here
+        finisher = threading.Thread(target=lambda: next(steps, None))  # exited there
+        finisher.start()
+        finisher.join()
+
+    assert_invisible(block)
     assert not _swap._layers
 
 
@@ -610,9 +586,7 @@ def test_a_registration_while_a_plan_is_made_is_not_lost() -> None:
                 rng_fork.register_source(_FlakySource())
             return False
 
-    registering = _FlakySource()
-    registering.name = "registering"
-    rng_fork.register_source(Registering(registering))
+    rng_fork.register_source(Registering(ValueSource("registering")))
     try:
         with fork_rng():
             pass

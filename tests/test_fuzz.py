@@ -14,8 +14,7 @@ import math
 import os
 import pickle
 import random
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -27,6 +26,8 @@ from hypothesis import strategies as st
 
 import rng_fork.distributed as rd
 from rng_fork import RngState, RngStream, diff, get_rng_state, set_rng_state
+
+from .helpers import one_rank_group
 
 # RNG_FORK_FUZZ_EXAMPLES=5000 fuzzes deeper, from a fresh random seed each run.
 _DEEPER = int(os.environ.get("RNG_FORK_FUZZ_EXAMPLES", "0"))
@@ -275,21 +276,12 @@ def test_stream_load_state_dict_refuses_or_loads(data: st.DataObject) -> None:
         assert get_rng_state(generators=gens) == before  # the stream's draws stay in the stream
 
 
-@contextmanager
-def _one_rank() -> Iterator[None]:
-    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
-    try:
-        yield
-    finally:
-        dist.destroy_process_group()
-
-
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
 @settings(FUZZ, max_examples=_DEEPER or 150)
 @given(data=st.data())
 def test_load_rng_state_dict_refuses_or_loads(data: st.DataObject) -> None:
     gens = _generators()
-    with _one_rank():
+    with one_rank_group():
         sd = rd.rng_state_dict(generators=gens)
         mutated, path, added = data.draw(mutations(sd))
         name_at = 2 if path[:1] == ("ranks",) else len(path) + 1  # "ranks", the rank, the part's name

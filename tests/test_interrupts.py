@@ -27,7 +27,7 @@ import torch
 import rng_fork
 from rng_fork import RngStream, _interrupts, _swap, fork_rng, isolated
 
-from .conftest import seed_globals
+from .helpers import ValueSource, assert_invisible, registered, seed_globals
 
 PACKAGE = rng_fork.__file__.rsplit("/", 1)[0]
 
@@ -216,33 +216,32 @@ def test_a_sigint_at_any_event_leaves_the_caller_unchanged(scenario: Callable[[]
     stays_unchanged(scenario)
 
 
-@pytest.mark.parametrize("seed", [None, 5])
-def test_a_sigint_at_any_event_of_a_stream_leaves_the_caller_unchanged(seed: int | None) -> None:
-    stream = RngStream(seed=seed)
-
-    def twice() -> None:
-        for _ in range(2):
-            with stream:
-                draw_everything()
-
-    stays_unchanged(twice)
-
-
-def test_a_sigint_in_a_stream_entered_again_below_a_fork() -> None:
-    stream = RngStream(seed=5)
-
-    def nested() -> None:
+def stream_twice(stream: RngStream) -> None:
+    for _ in range(2):
         with stream:
             draw_everything()
-            with fork_rng():
+
+
+def stream_entered_again_below_a_fork(stream: RngStream) -> None:
+    with stream:
+        draw_everything()
+        with fork_rng():
+            draw_everything()
+            with stream:
                 draw_everything()
                 with stream:
-                    draw_everything()
-                    with stream:
-                        torch.rand(1)
-                draw_everything()
+                    torch.rand(1)
+            draw_everything()
 
-    stays_unchanged(nested)
+
+@pytest.mark.parametrize(
+    ("scenario", "seed"), [(stream_twice, None), (stream_twice, 5), (stream_entered_again_below_a_fork, 5)]
+)
+def test_a_sigint_at_any_event_of_a_stream_leaves_the_caller_unchanged(
+    scenario: Callable[[RngStream], None], seed: int | None
+) -> None:
+    stream = RngStream(seed=seed)  # one stream, entered again by every run
+    stays_unchanged(lambda: scenario(stream))
 
 
 def test_an_interrupted_first_entry_leaves_a_seeded_stream_unstarted() -> None:
@@ -324,68 +323,55 @@ def test_a_sigint_while_a_stream_loads_its_checkpoint() -> None:
             assert loaded == rng_fork.RngState.from_state_dict(checkpoint["state"])
 
 
-class _InterruptedOnce(rng_fork.RngSource):
+class _InterruptedOnce(ValueSource):
     """A third-party source whose restore is interrupted by a KeyboardInterrupt of its own, once."""
 
-    name = "interrupted_once"
-    codec = rng_fork.PlainCodec("interrupted_once")
-
-    def __init__(self) -> None:
-        self.value = 0
+    def __init__(self, name: str = "interrupted_once") -> None:
+        super().__init__(name)
         self.interrupt = False
-
-    def save(self) -> int:
-        return self.value
 
     def load(self, part: object) -> None:
         if self.interrupt:
             self.interrupt = False
             raise KeyboardInterrupt
         assert isinstance(part, int)
-        self.value = part
-
-    def seed(self, seed: int) -> None:
-        self.value = seed
+        super().load(part)
 
 
 def test_an_interrupt_raised_by_one_source_still_restores_all_of_them() -> None:
-    source = rng_fork.register_source(_InterruptedOnce())
-    try:
-        seed_globals(7)
-        before = states()
+    source = _InterruptedOnce()
+
+    def block() -> None:
         with pytest.raises(KeyboardInterrupt):
             with fork_rng():
                 draw_everything()
                 source.value = 9
                 source.interrupt = True
-        assert states() == before
+
+    with registered(source):
+        assert_invisible(block, seed=7)
         assert source.value == 0  # loaded again after the interrupt
         assert_settled()
-    finally:
-        rng_fork.unregister_source(source.name)
 
 
 def test_a_failure_and_an_interrupt_are_both_reported() -> None:
     class Broken(_InterruptedOnce):
-        name = "broken"
-
         def load(self, part: object) -> None:
             raise RuntimeError("cannot")
 
-    broken, interrupted = rng_fork.register_source(Broken()), rng_fork.register_source(_InterruptedOnce())
-    try:
-        seed_globals(7)
-        before = states()
+    interrupted = _InterruptedOnce()
+
+    def block() -> pytest.ExceptionInfo[KeyboardInterrupt]:
         with pytest.raises(KeyboardInterrupt) as caught:
             with fork_rng():
                 draw_everything()
                 interrupted.interrupt = True
-        assert states() == before
-        assert isinstance(caught.value.__context__, rng_fork.RngRestoreError)
-        assert sorted(caught.value.__context__.failures) == ["broken"]
-    finally:
-        rng_fork.unregister_source(broken.name)
-        rng_fork.unregister_source(interrupted.name)
+        return caught
+
+    with registered(Broken("broken"), interrupted):
+        caught = assert_invisible(block, seed=7)
+    assert isinstance(caught.value.__context__, rng_fork.RngRestoreError)
+    assert sorted(caught.value.__context__.failures) == ["broken"]
 
 
 def test_the_handler_is_installed_only_while_a_block_is_open() -> None:
@@ -442,7 +428,7 @@ def test_blocks_in_other_threads_install_nothing() -> None:
 
 
 def test_a_second_sigint_while_one_is_held_goes_through() -> None:
-    source = rng_fork.register_source(_InterruptedOnce())
+    source = _InterruptedOnce()
     original = source.load
     first = [True]
 
@@ -457,14 +443,12 @@ def test_a_second_sigint_while_one_is_held_goes_through() -> None:
         original(part)
 
     source.load = slow_restore  # type: ignore[method-assign]
-    try:
+    with registered(source):
         with pytest.raises(KeyboardInterrupt):
             with fork_rng():
                 source.value = 3
         assert source.value == 0
         assert_settled()
-    finally:
-        rng_fork.unregister_source(source.name)
 
 
 # --- real signals ------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from traitlets.config import Config
 
 import rng_fork
 
-from .conftest import draw_all, seed_globals
+from .helpers import assert_invisible, seed_globals
 
 DRAW_EVERYTHING = "import random, numpy as np, torch\nrandom.random(); np.random.rand(3); torch.rand(5)\n"
 
@@ -43,10 +43,7 @@ def ok(result: ExecutionResult) -> Any:
 
 
 def test_cell_is_invisible_to_what_follows(shell: InteractiveShell) -> None:
-    expected = draw_all()
-    seed_globals(1234)
-    ok(cell(shell, "%%fork_rng\n" + DRAW_EVERYTHING))
-    assert draw_all() == expected
+    assert_invisible(lambda: ok(cell(shell, "%%fork_rng\n" + DRAW_EVERYTHING)))
 
 
 def test_cell_starts_from_the_current_state(shell: InteractiveShell) -> None:
@@ -72,15 +69,11 @@ def test_ipython_syntax_inside_the_cell(shell: InteractiveShell) -> None:
 
 
 def test_seed_makes_the_cell_repeatable_and_still_invisible(shell: InteractiveShell) -> None:
-    expected_after = draw_all()
     with rng_fork.fork_rng(seed=7):
         seeded = torch.rand(3)
-    seed_globals(1234)
     source = "%%fork_rng --seed 7\nimport torch\ntorch.rand(3)\n"
-    first = ok(cell(shell, source))
-    second = ok(cell(shell, source))
+    first, second = assert_invisible(lambda: (ok(cell(shell, source)), ok(cell(shell, source))))
     assert torch.equal(first, seeded) and torch.equal(second, seeded)
-    assert draw_all() == expected_after
 
 
 def test_options_accept_ipython_variable_expansion(shell: InteractiveShell) -> None:
@@ -136,25 +129,20 @@ def test_bad_options_fail_before_the_cell_runs(
     shell: InteractiveShell, capsys: pytest.CaptureFixture[str], options: str, message: str
 ) -> None:
     shell.user_ns.update(rng=np.random.default_rng(0), gen=torch.Generator(), not_a_generator=3, ran=False)
-    expected = draw_all()
-    seed_globals(1234)
-    result = cell(shell, f"%%fork_rng {options}\nran = True\n" + DRAW_EVERYTHING)
+    result = assert_invisible(lambda: cell(shell, f"%%fork_rng {options}\nran = True\n" + DRAW_EVERYTHING))
     assert type(result.error_in_exec).__name__ == "UsageError"
     assert message in str(result.error_in_exec)
     shown = capsys.readouterr().err
     assert shown.startswith("UsageError: %%fork_rng: ") and message in shown  # one line, no traceback
     assert shell.user_ns["ran"] is False
-    assert draw_all() == expected
 
 
 def test_an_error_in_the_cell_restores_and_shows_a_useful_traceback(
     shell: InteractiveShell, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    expected = draw_all()
-    seed_globals(1234)
-    result = cell(shell, "%%fork_rng\n" + DRAW_EVERYTHING + "def fails():\n    raise ValueError('boom')\nfails()\n")
+    source = "%%fork_rng\n" + DRAW_EVERYTHING + "def fails():\n    raise ValueError('boom')\nfails()\n"
+    result = assert_invisible(lambda: cell(shell, source))
     assert isinstance(result.error_in_exec, ValueError)
-    assert draw_all() == expected
     shown = capsys.readouterr().out
     number = result.execution_count
     # Lines as the user sees them in the cell: the magic is line 1.
@@ -174,18 +162,13 @@ def test_the_traceback_shows_the_magic_line_as_line_1(
 
 
 def test_a_keyboard_interrupt_in_the_cell_restores(shell: InteractiveShell) -> None:
-    expected = draw_all()
-    seed_globals(1234)
-    result = cell(shell, "%%fork_rng\n" + DRAW_EVERYTHING + "raise KeyboardInterrupt\n")
+    result = assert_invisible(lambda: cell(shell, "%%fork_rng\n" + DRAW_EVERYTHING + "raise KeyboardInterrupt\n"))
     assert isinstance(result.error_in_exec, KeyboardInterrupt)
-    assert draw_all() == expected
 
 
 def test_a_syntax_error_changes_nothing(shell: InteractiveShell, capsys: pytest.CaptureFixture[str]) -> None:
     shell.user_ns["ran"] = False
-    expected = draw_all()
-    seed_globals(1234)
-    result = cell(shell, "%%fork_rng\nran = True\nx = (\n")
+    result = assert_invisible(lambda: cell(shell, "%%fork_rng\nran = True\nx = (\n"))
     assert type(result.error_in_exec).__name__ == "UsageError"
     assert "the cell has a syntax error (shown above) and did not run" in str(result.error_in_exec)
     shown = capsys.readouterr().out
@@ -193,7 +176,6 @@ def test_a_syntax_error_changes_nothing(shell: InteractiveShell, capsys: pytest.
     assert f"Cell In[{result.execution_count}], line 3" in shown and "SyntaxError" in shown
     assert "File " not in shown
     assert shell.user_ns["ran"] is False
-    assert draw_all() == expected
 
 
 def test_top_level_await_is_refused_clearly(shell: InteractiveShell, capsys: pytest.CaptureFixture[str]) -> None:
@@ -251,10 +233,7 @@ def test_rng_trace_reports_the_cells_lines_and_keeps_its_draws(
 
 
 def test_fork_rng_trace_forks_and_reports(shell: InteractiveShell, capsys: pytest.CaptureFixture[str]) -> None:
-    expected = draw_all()
-    seed_globals(1234)
-    ok(cell(shell, "%%fork_rng --trace\n" + DRAW_EVERYTHING))
-    assert draw_all() == expected
+    assert_invisible(lambda: ok(cell(shell, "%%fork_rng --trace\n" + DRAW_EVERYTHING)))
     report = capsys.readouterr().out
     assert "torch (1 event(s))" in report and "python (1 event(s))" in report and "numpy (1 event(s))" in report
     assert "fork_rng" not in report  # the fork's own restore happens after the trace

@@ -20,16 +20,7 @@ from hypothesis import strategies as st
 import rng_fork
 from rng_fork import RngStream, fork_rng, isolated
 
-from .conftest import draw_all, fork_open_in_another_thread, seed_globals
-
-
-def _caller_after(action: Callable[[], object]) -> tuple[object, object]:
-    """What the caller draws after ``action``, and what it draws without it."""
-    seed_globals(1)
-    action()
-    got = draw_all()
-    seed_globals(1)
-    return got, draw_all()
+from .helpers import assert_invisible, draw_all, fork_open_in_another_thread, refused_unchanged, seed_globals
 
 
 def _draws() -> float:
@@ -45,8 +36,7 @@ def test_decorator_forms(form: str) -> None:
         fn = isolated()(_draws)
     else:
         fn = isolated(seed=4)(_draws)
-    got, expected = _caller_after(fn)
-    assert got == expected
+    assert_invisible(fn, seed=1)
 
 
 def test_seeded_calls_repeat() -> None:
@@ -78,10 +68,8 @@ def test_return_values_exceptions_and_metadata() -> None:
     assert add(1) == 3
     assert add.__name__ == "add" and add.__doc__ == "Adds."
     assert str(inspect.signature(add)) == "(a: 'int', b: 'int' = 2) -> 'int'"
-    before = rng_fork.get_rng_state()
-    with pytest.raises(KeyError):
+    with refused_unchanged(KeyError):
         fail()
-    assert rng_fork.get_rng_state() == before
 
 
 def test_bad_arguments_fail_at_decoration() -> None:
@@ -130,10 +118,8 @@ class Model:
 @pytest.mark.parametrize("name", ["method", "static_outer", "static_inner", "class_outer", "class_inner"])
 def test_methods_static_and_class_methods(name: str) -> None:
     model = Model()
-    got, expected = _caller_after(getattr(model, name))
-    assert got == expected
-    got, expected = _caller_after(getattr(Model, name) if name != "method" else lambda: Model.method(model))
-    assert got == expected
+    assert_invisible(getattr(model, name), seed=1)
+    assert_invisible(getattr(Model, name) if name != "method" else lambda: Model.method(model), seed=1)
     if name.startswith("class"):
         assert getattr(Model, name)() == "Model"
 
@@ -149,8 +135,7 @@ def test_partial_and_callable_objects_and_lru_cache() -> None:
         isolated(functools.lru_cache(maxsize=None)(lambda: _draws())),
         functools.lru_cache(maxsize=None)(isolated(lambda: _draws())),
     ):
-        got, expected = _caller_after(fn)
-        assert got == expected
+        assert_invisible(fn, seed=1)
 
 
 def test_fork_rng_as_a_decorator() -> None:
@@ -158,8 +143,7 @@ def test_fork_rng_as_a_decorator() -> None:
     def sample() -> float:
         return _draws()
 
-    got, expected = _caller_after(sample)
-    assert got == expected
+    assert_invisible(sample, seed=1)
     assert sample() == sample()
     assert fork_rng(enabled=False)(_draws) is _draws
 
@@ -278,14 +262,12 @@ def test_uncaught_throw_and_exceptions_propagate() -> None:
 
 
 def test_breaking_out_early_leaves_everything_intact() -> None:
-    seed_globals(1)
-    for value in noisy_counter(10):
-        if value >= 0:
-            break
-    del value
-    got = draw_all()
-    seed_globals(1)
-    assert got == draw_all()
+    def block() -> None:
+        for value in noisy_counter(10):
+            if value >= 0:
+                break
+
+    assert_invisible(block, seed=1)
 
 
 def test_seeded_generators_repeat() -> None:
@@ -538,8 +520,7 @@ def test_stream_as_decorator_and_reentrant() -> None:
         value = torch.rand(1).tolist()
         return value + (sample(depth - 1) if depth else [])
 
-    got, expected = _caller_after(lambda: sample(2))
-    assert got == expected
+    assert_invisible(lambda: sample(2), seed=1)
     assert sample(0) == torch.rand(4, generator=torch.Generator().manual_seed(1)).tolist()[3:]
 
 
@@ -664,10 +645,8 @@ def test_stream_bad_arguments() -> None:
 # --- threads ---------------------------------------------------------------------
 
 
-def test_forks_in_two_threads_warn_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    from rng_fork import _swap
-
-    monkeypatch.setattr(_swap, "_warned_threads", False)
+@pytest.mark.usefixtures("thread_warning_reset")
+def test_forks_in_two_threads_warn_once() -> None:
     with fork_open_in_another_thread(), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         with fork_rng():
@@ -679,36 +658,17 @@ def test_forks_in_two_threads_warn_once(monkeypatch: pytest.MonkeyPatch) -> None
     assert "thread" in str(relevant[0].message)
 
 
-def test_a_stream_open_in_another_thread_warns(monkeypatch: pytest.MonkeyPatch) -> None:
-    import threading
-
-    from rng_fork import _swap
-
-    monkeypatch.setattr(_swap, "_warned_threads", False)
+@pytest.mark.usefixtures("thread_warning_reset")
+def test_a_stream_open_in_another_thread_warns() -> None:
     stream = RngStream(seed=0)
-    inside, release = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        with stream:
-            inside.set()
-            release.wait(10)
-
-    worker = threading.Thread(target=hold)
-    worker.start()
-    try:
-        inside.wait(10)
+    with fork_open_in_another_thread(stream):
         with pytest.warns(rng_fork.RngForkWarning, match="another thread") as caught, stream:
             pass
         assert caught[0].filename == __file__
-    finally:
-        release.set()
-        worker.join()
 
 
-def test_no_warning_for_one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
-    from rng_fork import _swap
-
-    monkeypatch.setattr(_swap, "_warned_threads", False)
+@pytest.mark.usefixtures("thread_warning_reset")
+def test_no_warning_for_one_thread() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error", rng_fork.RngForkWarning)
         with fork_rng(), fork_rng():

@@ -5,8 +5,6 @@ The real-GPU versions of these tests are in test_cuda.py.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 
@@ -15,16 +13,7 @@ from rng_fork import fork_rng
 from rng_fork.sources import LazyDeviceFamily
 
 from .fakebackend import FakeLazyBackend
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeLazyBackend]:
-    backend = FakeLazyBackend(count=2)
-    rng_fork.register_source(LazyDeviceFamily("fake", backend, device_type="cpu"))
-    try:
-        yield backend
-    finally:
-        rng_fork.unregister_source("fake")
+from .helpers import registered
 
 
 def _seeded(seed: int) -> torch.Tensor:
@@ -177,8 +166,8 @@ def test_a_backend_without_devices_is_inert() -> None:
     from rng_fork._swap import plan_for
 
     empty = FakeLazyBackend(count=0)
-    source = rng_fork.register_source(LazyDeviceFamily("empty", empty, device_type="cpu"))
-    try:
+    source = LazyDeviceFamily("empty", empty, device_type="cpu")
+    with registered(source):
         assert source.inert()
         plan = plan_for(None)
         assert source not in plan.guarded
@@ -186,8 +175,6 @@ def test_a_backend_without_devices_is_inert() -> None:
         with fork_rng(seed=2):
             torch.rand(1)
         assert not empty._queued_calls and not empty.is_initialized()
-    finally:
-        rng_fork.unregister_source("empty")
 
 
 def test_a_seeded_stream_seeds_a_backend_that_initialized_between_its_entries(fake: FakeLazyBackend) -> None:

@@ -31,7 +31,6 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset, dataloader
 
 import rng_fork
-from rng_fork import PlainCodec, RngFamily, RngSource, register_source, registered_sources
 
 pytest.importorskip("lightning.pytorch", reason="needs Lightning: pip install lightning")
 
@@ -218,38 +217,6 @@ SCHEDULES: dict[str, dict[str, Any]] = {
 @pytest.fixture(params=PACKAGES)
 def package(request: pytest.FixtureRequest) -> str:
     return str(request.param)
-
-
-@pytest.fixture
-def hide_source() -> Iterator[Callable[[str], None]]:
-    """Make forks and snapshots blind to one registered source, for one test."""
-    hidden: list[RngSource | RngFamily] = []
-
-    def hide(name: str) -> None:
-        hidden.append(next(s for s in registered_sources() if s.name == name))
-        register_source(Unseen(name), replace=True)  # keeps the registry's order
-
-    yield hide
-    for source in hidden:
-        register_source(source, replace=True)
-
-
-class Unseen(RngFamily):
-    """Stands in for a registered source: a family that never has a generator to save."""
-
-    codec = PlainCodec("unseen")
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def expand(self, devices: Any) -> tuple[RngSource, ...]:
-        return ()
-
-    def resolve(self, name: str) -> None:
-        return None
-
-    def seed(self, seed: int) -> None:
-        pass
 
 
 # Without the callback, or with the obvious hooks, validation changes training.

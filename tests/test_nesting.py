@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from rng_fork import RngStream, fork_rng, isolated
 
-from .conftest import seed_globals
+from .helpers import seed_globals
 
 Draw = tuple[float, float, float]
 

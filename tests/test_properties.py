@@ -13,7 +13,7 @@ from numpy.random.mtrand import get_bit_generator, set_bit_generator
 
 import rng_fork
 
-from .conftest import seed_globals
+from .helpers import seed_globals
 
 Generators = tuple[torch.Generator, np.random.Generator, random.Random, np.random.RandomState]
 
@@ -58,6 +58,7 @@ OPS = [
 ]
 
 draws = st.tuples(st.sampled_from(OPS), st.integers(1, 5))
+bodies = st.lists(draws, max_size=8)  # a block's body without blocks of its own
 # Programs for the block kinds: also swapping NumPy's bit generator, inside blocks and out.
 draws_and_swaps = st.one_of(draws, st.tuples(st.just("np.swap"), st.integers(1, 5)))
 KINDS = ("fork", "isolated", "stream")
@@ -115,15 +116,19 @@ def _run(
                 out.append(value)
 
 
+def _generators(*seeds: int | None) -> Generators:
+    """One generator object of each kind, seeded with ``seeds`` (as their constructors seed them without)."""
+    tg_seed, ng_seed, pr_seed, rs_seed = seeds or (None,) * 4
+    tg = torch.Generator()
+    if tg_seed is not None:
+        tg.manual_seed(tg_seed)
+    return (tg, np.random.default_rng(ng_seed), random.Random(pr_seed), np.random.RandomState(rs_seed))
+
+
 def _outer_draws(program: Program, with_blocks: bool) -> list[object]:
     set_bit_generator(np.random.MT19937(0))  # a program may have left another one
     seed_globals(77)
-    gens: Generators = (
-        torch.Generator().manual_seed(1),
-        np.random.default_rng(2),
-        random.Random(3),
-        np.random.RandomState(4),
-    )
+    gens = _generators(1, 2, 3, 4)
     out: list[object] = []
     _run(program, gens, out, with_blocks, {})
     # A tail of draws from every source after the last block.
@@ -151,17 +156,12 @@ def test_forks_isolated_calls_and_streams_never_change_outer_draws(program: Prog
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(draws, max_size=8), st.integers(0, 2**32 - 1))
+@given(bodies, st.integers(0, 2**32 - 1))
 def test_seeded_blocks_are_deterministic(body: Program, seed: int) -> None:
     results = []
     for start in (1, 2):
         seed_globals(start)
-        gens: Generators = (
-            torch.Generator().manual_seed(start),
-            np.random.default_rng(start),
-            random.Random(start),
-            np.random.RandomState(start),
-        )
+        gens = _generators(*[start] * 4)
         inside: list[object] = []
         with rng_fork.fork_rng(seed=seed, generators=gens):
             _run(body, gens, inside, with_blocks=True)
@@ -170,9 +170,9 @@ def test_seeded_blocks_are_deterministic(body: Program, seed: int) -> None:
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(draws, max_size=8))
+@given(bodies)
 def test_snapshot_round_trip_through_state_dict(body: Program) -> None:
-    gens: Generators = (torch.Generator(), np.random.default_rng(), random.Random(), np.random.RandomState())
+    gens = _generators()
     _run(body, gens, None, with_blocks=True)
     state = rng_fork.get_rng_state(generators=gens)
     assert rng_fork.RngState.from_state_dict(state.state_dict()) == state

@@ -15,9 +15,9 @@ import pytest
 import torch
 
 import rng_fork
-from rng_fork import PlainCodec, RngSource, RngState, RngStream, fork_rng, get_rng_state, set_rng_state
+from rng_fork import PlainCodec, RngState, RngStream, fork_rng, get_rng_state, set_rng_state
 
-from .conftest import draw_all, seed_globals
+from .helpers import ValueSource, draw_all, refused_unchanged, registered, seed_globals
 
 PLAIN_TYPES = (torch.Tensor, int, float, bool, str)
 
@@ -162,10 +162,8 @@ def _corruptions() -> list[tuple[str, Any, type[Exception], str]]:
 @pytest.mark.parametrize(("what", "bad", "error", "name"), _corruptions(), ids=[c[0] for c in _corruptions()])
 def test_corrupt_state_changes_nothing(what: str, bad: Any, error: type[Exception], name: str) -> None:
     draw_all()  # move away from a freshly seeded state
-    before = get_rng_state()
-    with pytest.raises(error, match=name):
+    with refused_unchanged(error, match=name):
         set_rng_state(bad)
-    assert get_rng_state() == before
 
 
 def test_corrupt_torch_content_is_caught_before_anything_changes() -> None:
@@ -183,10 +181,8 @@ def test_corrupt_torch_content_is_caught_before_anything_changes() -> None:
 def test_a_cpu_state_torch_refuses_is_a_value_error_naming_the_source() -> None:
     sd = get_rng_state().state_dict()
     sd["torch"]["state"] = torch.zeros_like(sd["torch"]["state"])  # torch: "Invalid mt19937 state"
-    before = get_rng_state()
-    with pytest.raises(ValueError, match="RNG source 'torch': torch refuses this CPU generator state"):
+    with refused_unchanged(ValueError, match="RNG source 'torch': .*refuses"):
         set_rng_state(sd)
-    assert get_rng_state() == before
 
 
 @pytest.mark.parametrize(
@@ -198,10 +194,8 @@ def test_a_malformed_seed_sequence_is_a_value_error_naming_the_source(entry: str
     rng = np.random.default_rng(0)
     sd = get_rng_state(generators=[rng]).state_dict()
     sd["generator:0"]["state"]["rng_fork.seed_seq"][entry] = value
-    before = get_rng_state(generators=[rng])
-    with pytest.raises(ValueError, match="'generator:0'.*rng_fork.seed_seq"):
+    with refused_unchanged(ValueError, match="'generator:0'.*rng_fork.seed_seq", generators=[rng]):
         set_rng_state(sd, generators=[rng])
-    assert get_rng_state(generators=[rng]) == before
 
 
 class _OwnState(random.Random):
@@ -238,21 +232,15 @@ def test_what_a_fork_saves_converts_to_what_a_snapshot_captures(make: Callable[[
         assert source.part_of(save()) == source.capture(), source.name
 
 
-class _LoadCounter(RngSource):
+class _LoadCounter(ValueSource):
     """A registered source that counts how often its state is put back."""
 
-    name = "load_counter"
-    codec = PlainCodec("test-load-counter")
-    loads = 0
-
-    def save(self) -> int:
-        return 0
+    def __init__(self) -> None:
+        super().__init__("load_counter")
+        self.loads = 0
 
     def load(self, part: Any) -> None:
-        type(self).loads += 1
-
-    def seed(self, seed: int) -> None:
-        pass
+        self.loads += 1
 
 
 def test_a_numpy_global_swapped_to_another_mt19937_converts_too() -> None:
@@ -289,16 +277,14 @@ def test_bit_generators_whose_seed_sequence_comes_and_goes() -> None:
 
 
 def test_a_stream_checkpoint_touches_no_generator_and_refuses_a_non_mt19937_global() -> None:
-    rng_fork.register_source(_LoadCounter())
-    try:
+    counter = _LoadCounter()
+    with registered(counter):
         stream = RngStream(seed=1)
         with stream:
             torch.rand(2)
-        loads = _LoadCounter.loads
+        loads = counter.loads
         sd = stream.state_dict()
-        assert _LoadCounter.loads == loads  # nothing was swapped in to be read
-    finally:
-        rng_fork.unregister_source("load_counter")
+        assert counter.loads == loads  # nothing was swapped in to be read
     del sd["state"]["load_counter"]
     restored = RngStream()
     restored.load_state_dict(sd)
@@ -312,7 +298,7 @@ def test_a_stream_checkpoint_touches_no_generator_and_refuses_a_non_mt19937_glob
         pcg_stream = RngStream(seed=1)
         with pcg_stream:
             pass
-        with pytest.raises(TypeError, match="numpy: this RandomState draws from PCG64: snapshots.*MT19937 states only"):
+        with pytest.raises(TypeError, match="numpy: .*PCG64.*MT19937"):
             pcg_stream.state_dict()
     finally:
         np.random.set_bit_generator(original)
@@ -362,25 +348,13 @@ def test_seed_all_matches_manual_seeding_and_validates() -> None:
 
 
 def test_seed_all_seeds_the_others_and_names_a_source_that_fails() -> None:
-    class Unseedable(RngSource):
-        name = "unseedable"
-        codec = PlainCodec("test-unseedable")
-
-        def save(self) -> int:
-            return 0
-
-        def load(self, part: Any) -> None:
-            pass
-
+    class Unseedable(ValueSource):
         def seed(self, seed: int) -> None:
             raise OSError("no entropy today")
 
-    rng_fork.register_source(Unseedable())
-    try:
+    with registered(Unseedable("unseedable")):
         with pytest.raises(RuntimeError, match="but not unseedable: OSError: no entropy today"):
             rng_fork.seed_all(21)
-    finally:
-        rng_fork.unregister_source("unseedable")
     got = draw_all()
     seed_globals(21)
     assert got == draw_all()

@@ -20,7 +20,7 @@ import rng_fork
 from rng_fork import RngEvent, trace
 from rng_fork.sources import _fastpath
 
-from .conftest import seed_globals
+from .helpers import seed_globals
 
 NUMPY_SEEN = sys.version_info >= (3, 12)
 """Whether the call hook sees NumPy's (Cython) methods; on 3.11 their draws are found by state."""

@@ -21,7 +21,7 @@ import subprocess
 import sys
 import textwrap
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,6 @@ import torch
 from torch import nn
 
 import rng_fork
-from rng_fork import PlainCodec, RngFamily, RngSource, register_source, registered_sources
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # nothing here may reach the Hub; read when transformers is imported
 pytest.importorskip("accelerate", reason="needs accelerate: pip install -e '.[transformers]'")
@@ -387,38 +386,6 @@ def test_resume_after_an_evaluation(
 
 
 # A fork blind to any one source is not enough: the test's training draws from each.
-
-
-@pytest.fixture
-def hide_source() -> Iterator[Callable[[str], None]]:
-    """Make forks and snapshots blind to one registered source, for one test."""
-    hidden: list[RngSource | RngFamily] = []
-
-    def hide(name: str) -> None:
-        hidden.append(next(s for s in registered_sources() if s.name == name))
-        register_source(Unseen(name), replace=True)  # keeps the registry's order
-
-    yield hide
-    for source in hidden:
-        register_source(source, replace=True)
-
-
-class Unseen(RngFamily):
-    """Stands in for a registered source: a family that never has a generator to save."""
-
-    codec = PlainCodec("unseen")
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def expand(self, devices: Any) -> tuple[RngSource, ...]:
-        return ()
-
-    def resolve(self, name: str) -> None:
-        return None
-
-    def seed(self, seed: int) -> None:
-        pass
 
 
 @pytest.mark.slow

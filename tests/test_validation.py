@@ -15,7 +15,6 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -23,7 +22,7 @@ import rng_fork
 import rng_fork.distributed as rd
 from rng_fork import PlainCodec, RngState, RngStream, diff, fork_rng, get_rng_state, set_rng_state
 
-from .conftest import through_torch_save
+from .helpers import one_rank_group, refused_unchanged, through_torch_save
 
 BIT_GENERATORS = [np.random.MT19937, np.random.PCG64, np.random.PCG64DXSM, np.random.Philox, np.random.SFC64]
 
@@ -43,10 +42,8 @@ def _bit_generator_sd(kind: type[np.random.BitGenerator]) -> tuple[np.random.Gen
 
 
 def _refused_and_unchanged(sd: Any, gens: list[object], error: type[Exception], match: str) -> None:
-    before = get_rng_state(generators=gens)
-    with pytest.raises(error, match=match):
+    with refused_unchanged(error, match=match, generators=gens):
         set_rng_state(sd, generators=gens)
-    assert get_rng_state(generators=gens) == before
 
 
 # --- NumPy bit generators: every field ------------------------------------------------
@@ -330,7 +327,7 @@ def test_a_subclass_state_its_setstate_refuses_changes_nothing() -> None:
     sd["generator:0"]["value"] = ["Lcg", ("lcg", -1)]
     torch.rand(3)
     before, log = get_rng_state(generators=[lcg, torch_gen]), list(lcg.log)
-    with pytest.raises(ValueError, match=r"RNG source 'generator:0': Lcg.setstate refuses this state: ValueError"):
+    with pytest.raises(ValueError, match=r"RNG source 'generator:0': Lcg.setstate refuses .*ValueError"):
         set_rng_state(sd, generators=[lcg, torch_gen])
     assert get_rng_state(generators=[lcg, torch_gen]) == before  # the globals were not restored either
     assert lcg.log == log  # the scratch instance had a copy of the list
@@ -439,7 +436,7 @@ def test_snapshots_that_differ_only_in_a_float_bit_differ() -> None:
 
 def test_a_python_gauss_next_that_is_not_a_number_is_named_at_capture() -> None:
     random.setstate((*random.getstate()[:2], "0.5"))  # random.setstate takes anything
-    with pytest.raises(TypeError, match="python: gauss_next is a str; snapshots keep None, an int or a float"):
+    with pytest.raises(TypeError, match="python: gauss_next is a str"):
         get_rng_state()
     with fork_rng():  # a fork takes the object as it is
         random.random()
@@ -450,13 +447,10 @@ def test_a_python_gauss_next_that_is_not_a_number_is_named_at_capture() -> None:
 def test_a_nan_cache_is_in_sync_across_ranks() -> None:
     random.setstate((*random.getstate()[:2], math.nan))
     np.random.set_state({**np.random.get_state(legacy=False), "has_gauss": 1, "gauss": math.nan})
-    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
-    try:
+    with one_rank_group():
         assert rd.check_rng_in_sync()  # the states travel pickled
         report = rd.load_rng_state_dict(through_torch_save(rd.rng_state_dict()))
         assert report.complete
-    finally:
-        dist.destroy_process_group()
 
 
 def test_a_stream_keeps_a_nan_cache() -> None:
