@@ -32,6 +32,8 @@ def measure(rows: Sequence[Row], *, rounds: int, round_s: float, warmup_rounds: 
     """Time every measurable row for ``rounds`` interleaved rounds; returns the seconds it took."""
     started = time.perf_counter()
     live = [row for row in rows if row.ok]
+    if not live:
+        return 0.0
     timers = {row.key: timeit.Timer(row.stmt, globals=row.namespace) for row in live}
     for row in live:
         calibrate(row, timers[row.key], round_s, quick=quick)
