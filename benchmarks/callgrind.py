@@ -121,8 +121,11 @@ def child(argv: Sequence[str]) -> int:
         print(f"no such rows: {', '.join(unknown)}", file=sys.stderr)
         return 2
     if switch_on:
-        control = subprocess.run(["callgrind_control", "--instr=on", str(os.getpid())], capture_output=True,
-                                 text=True, check=False)
+        try:
+            control = subprocess.run(["callgrind_control", "--instr=on", str(os.getpid())], capture_output=True,
+                                     text=True, check=False)
+        except OSError:  # no callgrind_control on PATH
+            return CONTROL_FAILED
         if control.returncode != 0 or "OK" not in control.stdout:
             return CONTROL_FAILED
     empty = timeit.Timer("pass")

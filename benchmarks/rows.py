@@ -114,8 +114,8 @@ random.setstate(_a); np.random.set_state(_b); torch.set_rng_state(_c)"""
 MODULES = {"random": random, "np": np, "torch": torch, "rng_fork": rng_fork}
 
 
-def fork_rows() -> list[Row]:
-    """Forks of the default sources, their peers and the official APIs' floors."""
+def fork_rows(isolate_rng: Callable[..., Any] | None) -> list[Row]:
+    """Forks of the default sources, their peers (Lightning's if ``isolate_rng``) and the official APIs' floors."""
     generator = torch.Generator().manual_seed(0)
     with_generator = {**MODULES, "g": generator}
     return [
@@ -123,6 +123,7 @@ def fork_rows() -> list[Row]:
         Row("rng_fork.fork_rng.no_devices", "rng_fork.fork_rng(devices=[])",
             empty_with("rng_fork.fork_rng(devices=[])"), MODULES, note="no lazy-CUDA guard"),
         Row(REFERENCE, "torch.random.fork_rng(devices=[])", empty_with("torch.random.fork_rng(devices=[])"), MODULES),
+        lightning_row(isolate_rng),
         Row("rng_fork.fork_rng.generator", "rng_fork.fork_rng(generators=[g])",
             empty_with("rng_fork.fork_rng(generators=[g])"), with_generator, note="g: a CPU torch.Generator"),
         Row("raw.generator", "raw get+set: g (a CPU torch.Generator)", "g.set_state(g.get_state())", with_generator),
@@ -206,10 +207,8 @@ def standin_rows(count: int = STANDIN_DEVICES) -> list[Row]:
 
 def cpu_rows(wanted: Callable[[str], bool] = lambda key: True) -> tuple[list[Row], str | None]:
     """Every CPU row ``wanted`` keeps, and the Lightning package found (imported only if wanted)."""
-    isolate_rng, lightning = find_isolate_rng() if wanted("lightning.isolate_rng") else (None, None)
-    rows = fork_rows()
-    rows.insert(3, lightning_row(isolate_rng))
-    rows += isolation_rows() + training_step_rows() + standin_rows()
+    isolate_rng, lightning = find_isolate_rng() if wanted("lightning.isolate_rng") else (None, "not looked for")
+    rows = fork_rows(isolate_rng) + isolation_rows() + training_step_rows() + standin_rows()
     return [row for row in rows if wanted(row.key)], lightning
 
 
