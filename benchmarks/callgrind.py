@@ -6,7 +6,8 @@ executions of an empty statement, both through ``timeit`` (the same loop), each
 inside ``sys.call_tracing``. Callgrind zeroes its counters on entry to
 ``_PyEval_CallTracing`` (the C function behind ``sys.call_tracing``, which
 nothing else calls) and writes a dump on exit, so each dump holds exactly one
-loop; a row's figure is ``(statement loop - empty loop) / N``.
+loop (the first dump, of a loop run once before the rows, is discarded); a
+row's figure is ``(statement loop - empty loop) / N``.
 
 The child starts with instrumentation off (importing torch runs at a few times
 native speed instead of ~50 times) and switches it on with
@@ -80,13 +81,13 @@ def count(rows: Sequence[Row], *, quick: bool, timeout_s: float = 3600) -> None:
             tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
             raise CallgrindError(f"the callgrind run failed (exit {proc.returncode}):\n{tail}")
         totals = dumped_totals(Path(out))
-    if len(totals) != 2 * len(specs):
+    if len(totals) != 1 + 2 * len(specs):
         raise CallgrindError(
-            f"callgrind wrote {len(totals)} dumps for {len(specs)} rows (want two each): this Python's "
-            f"{DELIMITER} is not visible to valgrind (a stripped or static build?)"
+            f"callgrind wrote {len(totals)} dumps for {len(specs)} rows (want one, then two a row): this "
+            f"Python's {DELIMITER} is not visible to valgrind (a stripped or static build?)"
         )
     for i, (row, n) in enumerate(specs):
-        row.instructions = (totals[2 * i + 1] - totals[2 * i]) / n
+        row.instructions = (totals[2 + 2 * i] - totals[1 + 2 * i]) / n
 
 
 def dumped_totals(folder: Path) -> list[int]:
@@ -129,6 +130,9 @@ def child(argv: Sequence[str]) -> int:
         if control.returncode != 0 or "OK" not in control.stdout:
             return CONTROL_FAILED
     empty = timeit.Timer("pass")
+    # A first, discarded loop: with instrumentation on from the start, the first dump also holds
+    # part of what ran before it.
+    sys.call_tracing(empty.timeit, (1,))
     for key, n in wanted.items():
         row = built[key]
         timer = timeit.Timer(row.stmt, globals=row.namespace)
