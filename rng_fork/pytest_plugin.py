@@ -193,7 +193,10 @@ def pytest_configure(config: pytest.Config) -> None:
 def _settings(config: pytest.Config) -> Settings:
     seed: int | None = config.getoption("rng_seed")
     if seed is None:
-        seed = _ini_seed(config.getini("rng_seed"))
+        try:
+            seed = _ini_seed(config.getini("rng_seed"))
+        except pytest.UsageError as exc:  # pytest's own message does not say which option
+            raise pytest.UsageError(f"rng_seed in the configuration must be an integer ({exc})") from None
     isolate: bool | None = config.getoption("rng_isolate")
     if isolate is None:
         isolate = bool(config.getini("rng_isolate")) or seed is not None
@@ -295,7 +298,7 @@ def pytest_runtest_setup(item: pytest.Item) -> Generator[None, object, object]:
     # After pytest's own setup, which its teardown expects to have run.
     error = item.stash.get(_MARKER_ERROR, None)
     if error is not None:
-        raise error
+        pytest.fail(f"{type(error).__name__}: {error}", pytrace=False)
     return result
 
 
@@ -491,7 +494,7 @@ class RngReport:
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         if hasattr(self._config, "workerinput"):  # a pytest-xdist worker: the controller reports
             return
-        terminalreporter.section("rng_fork report")
+        terminalreporter.write_sep("=", "rng_fork report")
         for line in format_findings(self._findings, self._leaks_checked, self._config.stash[_SETTINGS].isolate):
             terminalreporter.write_line(line)
 
