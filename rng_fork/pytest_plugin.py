@@ -50,7 +50,7 @@ _SEEDED_BY_RANDOMLY = ("python", "numpy")
 
 
 @dataclass(frozen=True)
-class Settings:
+class _Settings:
     """What the command line and the ini file asked for (the command line wins)."""
 
     isolate: bool
@@ -58,13 +58,13 @@ class Settings:
     report: bool
 
 
-_SETTINGS = pytest.StashKey[Settings]()
+_SETTINGS = pytest.StashKey["_Settings"]()
+_SESSION_START = pytest.StashKey["_SessionStart"]()
+_MARKER_ERROR = pytest.StashKey[Exception]()
 _KEEPS_SEED = pytest.StashKey[bool]()
 
 _kept_state: RngState | None = None
 """Where the test that keeps rng_fork's seed against pytest-randomly's reseeds has got to (its last phase's end)."""
-_SESSION_START = pytest.StashKey["SessionStart"]()
-_MARKER_ERROR = pytest.StashKey[Exception]()
 
 
 def seed_for(nodeid: str, rng_seed: int | None = None, *, stream: bool = False) -> int:
@@ -116,12 +116,11 @@ def randomly_reseed(seed: int) -> None:
         raise RuntimeError(f"rng_fork seeded every other source for pytest-randomly but not {'; '.join(failed)}")
 
 
-class SessionStart:
+class _SessionStart:
     """The state of every generator when the session started, put back at the start of each test.
 
-    A generator that appears later (a device initialized by a test) joins it as
-    it was the first time a test started with it live; fork_rng undoes an
-    initialization inside a test, so that is its state fresh from initialization.
+    A generator that appears later (a device initialized during the session)
+    joins it with the state it has when the first test after that starts.
     """
 
     def __init__(self) -> None:
@@ -187,10 +186,10 @@ def pytest_configure(config: pytest.Config) -> None:
     settings = _settings(config)
     config.stash[_SETTINGS] = settings
     if settings.report:
-        config.pluginmanager.register(RngReport(config), "rng_fork_report")
+        config.pluginmanager.register(_RngReport(config), "rng_fork_report")
 
 
-def _settings(config: pytest.Config) -> Settings:
+def _settings(config: pytest.Config) -> _Settings:
     seed: int | None = config.getoption("rng_seed")
     if seed is None:
         try:
@@ -203,7 +202,7 @@ def _settings(config: pytest.Config) -> Settings:
     report: bool | None = config.getoption("rng_report")
     if report is None:
         report = bool(config.getini("rng_report"))
-    return Settings(isolate=isolate, seed=seed, report=report)
+    return _Settings(isolate=isolate, seed=seed, report=report)
 
 
 def _ini_seed(value: object) -> int | None:
@@ -237,7 +236,7 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 def pytest_sessionstart(session: pytest.Session) -> None:
     settings = session.config.stash[_SETTINGS]
     if settings.isolate and settings.seed is None:
-        session.config.stash[_SESSION_START] = SessionStart()
+        session.config.stash[_SESSION_START] = _SessionStart()
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
@@ -448,7 +447,7 @@ class _Watch:
 _WATCH = pytest.StashKey[_Watch]()
 
 
-class RngReport:
+class _RngReport:
     """The ``--rng-report`` plugin: watches each test where it runs, and prints the report where pytest
     prints its summary (the pytest-xdist controller, with every worker's findings)."""
 
