@@ -37,8 +37,7 @@ from .detect import assert_untouched, diff
 from .errors import RngTouchedError
 from .fork import fork_rng
 from .isolate import RngStream
-from .sources import registered_families
-from .state import RngState, get_rng_state, set_rng_state
+from .state import RngState, get_rng_state, seed_families, set_rng_state
 from .trace import RngEvent, trace
 
 FINDINGS_ATTRIBUTE = "rng_fork_findings"
@@ -103,17 +102,7 @@ def randomly_reseed(seed: int) -> None:
         # so pytest-randomly's reseed between its phases is undone and its draws go on unmoved.
         set_rng_state(_kept_state, strict=False)
         return
-    value = seed % SEED_LIMIT
-    failed = []
-    for family in registered_families():
-        if family.name in _SEEDED_BY_RANDOMLY:
-            continue
-        try:
-            family.seed(value)
-        except Exception as exc:  # noqa: BLE001 - the others are still seeded; all failures are named below
-            failed.append(f"{family.name}: {type(exc).__name__}: {exc}")
-    if failed:
-        raise RuntimeError(f"rng_fork seeded every other source for pytest-randomly but not {'; '.join(failed)}")
+    seed_families(seed % SEED_LIMIT, caller="rng_fork's seeder for pytest-randomly", skip=_SEEDED_BY_RANDOMLY)
 
 
 class _SessionStart:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -326,14 +326,22 @@ def seed_all(seed: int) -> None:
     checked = check_seed(seed, allow_none=False)
     assert checked is not None
     plan_for(None).sources.check_not_graph_capturing()  # refused before anything is seeded
+    seed_families(checked, caller="seed_all")
+
+
+def seed_families(seed: int, *, caller: str, skip: Collection[str] = ()) -> None:
+    """Seed every registered family but those named in ``skip``; a failure leaves the others seeded
+    and is named, with ``caller``, in one ``RuntimeError`` at the end."""
     failed: list[str] = []
-    for source in registered_families():
+    for family in registered_families():
+        if family.name in skip:
+            continue
         try:
-            source.seed(checked)
+            family.seed(seed)
         except Exception as exc:  # noqa: BLE001 - the others are still seeded; all failures are named below
-            failed.append(f"{source.name}: {type(exc).__name__}: {exc}")
+            failed.append(f"{family.name}: {type(exc).__name__}: {exc}")
     if failed:
-        raise RuntimeError(f"seed_all seeded every other source but not {'; '.join(failed)}")
+        raise RuntimeError(f"{caller} seeded every other source but not {'; '.join(failed)}")
 
 
 __all__ = ["RestoreReport", "RngState", "get_rng_state", "seed_all", "set_rng_state"]
