@@ -110,7 +110,13 @@ def test_quick_run_reports_every_row(tmp_path: Path) -> None:
     assert set(verdicts) == {target.title for target in CPU_TARGETS}
     for target in CPU_TARGETS:
         if target.row != "lightning.isolate_rng" or env["lightning"] != "not installed":
-            assert verdicts[target.title]["wall"]["status"] in {PASS, MISSED}, target
+            wall = verdicts[target.title]["wall"]
+            if " - " in target.peer and wall["status"] not in {PASS, MISSED}:
+                # A quick run times ten executions: on a loaded machine a difference of two rows
+                # can come out zero or negative, which has no ratio.
+                assert "no ratio" in wall["why"], wall
+                continue
+            assert wall["status"] in {PASS, MISSED}, target
     assert {item["name"] for item in report["derived"]} >= {
         "@isolated call minus bare call", "stand-in: rng_fork, each device (8 vs 1)"}
 
