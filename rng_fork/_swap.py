@@ -13,44 +13,92 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import operator
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from threading import get_ident
+from types import CodeType
 from typing import Any, TypeVar
 
 from ._compile import keep_dynamo_out
-from ._interrupts import held as _held_signal
-from ._interrupts import protected, release_held, shield, unshield
+from ._interrupts import _held, protected, release_held, shield, unshield
 from .errors import RngForkWarning, RngRestoreError
-from .sources import Devices, LazyGuard, Part, RngFamily, RngSource, generator_sources, registered_families
+from .sources import Devices, LazyGuard, Part, RngFamily, RngSource, generator_objects, registered_families, sources_of
 from .sources.registry import on_change as on_registry_change
 
 # Compiled code calls all of this eagerly, never traced.
 keep_dynamo_out()
 
 
+def _straight_line(saves: Sequence[Callable[[], Any]], loads: Sequence[Callable[[Any], object]]) -> tuple[
+    Callable[[], list[Any]], Callable[[Sequence[Any]], None],
+]:
+    """``save_all()`` and ``load_all(values)`` for these savers: one call each, without a loop.
+
+    A fork saves and loads every source each time; written out, that is one frame
+    instead of a comprehension's frame and a loop over pairs.
+    """
+    count = len(saves)
+    code = _straight_code.get(count)
+    if code is None:
+        names = range(count)
+        text = (
+            f"def save_all():\n    return [{', '.join(f's{i}()' for i in names)}]\n"
+            "def load_all(values):\n"
+            + "".join(f"    l{i}(values[{i}])\n" for i in names)
+            + "    return None\n"
+        )
+        code = _straight_code[count] = compile(text, "<rng_fork savers>", "exec")
+    namespace: dict[str, Any] = {f"s{i}": save for i, save in enumerate(saves)}
+    namespace.update({f"l{i}": load for i, load in enumerate(loads)})
+    exec(code, namespace)  # the code is built from indices only
+    return namespace["save_all"], namespace["load_all"]
+
+
+_straight_code: dict[int, CodeType] = {}
+
+
 class SourceSet:
     """Sources with their :meth:`~RngSource.savers`, resolved once and reused by every fork."""
 
-    __slots__ = ("loads", "saves", "sources")
+    __slots__ = ("_joined", "graph_checks", "load_all", "loads", "save_all", "saves", "sources")
 
     def __init__(self, sources: Iterable[RngSource] = ()) -> None:
-        self.sources = tuple(sources)
-        pairs = [source.savers() for source in self.sources]
-        self.saves = tuple(save for save, _ in pairs)
-        self.loads = tuple(load for _, load in pairs)
+        kept = tuple(sources)
+        pairs = [source.savers() for source in kept]
+        self._set(kept, [save for save, _ in pairs], [load for _, load in pairs])
+
+    def _set(
+        self, sources: tuple[RngSource, ...],
+        saves: Sequence[Callable[[], Any]] = (), loads: Sequence[Callable[[Any], object]] = (),
+    ) -> None:
+        self.sources = sources
+        self.saves = tuple(saves)
+        self.loads = tuple(loads)
+        self.save_all, self.load_all = _straight_line(self.saves, self.loads)
+        # Only sources that can be part of a graph capture are asked (devices).
+        self.graph_checks = tuple(
+            source.check_not_graph_capturing for source in sources
+            if type(source).check_not_graph_capturing is not RngSource.check_not_graph_capturing
+        )
+        self._joined: tuple[SourceSet, SourceSet] | None = None
 
     def check_not_graph_capturing(self) -> None:
         """Raise, before anything changes, if any source is being captured into a CUDA graph."""
-        for source in self.sources:
-            source.check_not_graph_capturing()
+        for check in self.graph_checks:
+            check()
 
     def __add__(self, other: SourceSet) -> SourceSet:
-        joined = SourceSet()
-        joined.sources = self.sources + other.sources
-        joined.saves = self.saves + other.saves
-        joined.loads = self.loads + other.loads
+        joined = SourceSet.__new__(SourceSet)
+        joined._set(self.sources + other.sources, self.saves + other.saves, self.loads + other.loads)
         return joined
+
+    def after(self, plan_sources: SourceSet) -> SourceSet:
+        """``plan_sources + self``, made once per plan: the sources of a fork with ``generators=``."""
+        joined = self._joined
+        if joined is None or joined[0] is not plan_sources:
+            joined = self._joined = (plan_sources, plan_sources + self)
+        return joined[1]
 
 
 NO_SOURCES = SourceSet()
@@ -114,11 +162,30 @@ def plan_for(devices: Devices) -> Plan:
     return plan
 
 
+_extras: dict[tuple[int, ...], tuple[tuple[object, ...], SourceSet]] = {}
+_EXTRAS_KEPT = 16
+"""How many ``generators=`` source sets are kept for reuse; they hold their generators alive, so
+the cache is cleared when full rather than growing (a loop making new generators keeps at most these)."""
+
+
 def extra_sources(generators: Iterable[object]) -> SourceSet:
-    """The sources of ``generators=``, resolved once: how every block keeps them."""
+    """The sources of ``generators=``, resolved once: how every block keeps them.
+
+    The same generator objects get the same set again: ``with fork_rng(generators=[g])``
+    in a loop builds its sources once, not for every fork.
+    """
     if type(generators) is tuple and not generators:  # the default: built for every fork_rng()
         return NO_SOURCES
-    return SourceSet(generator_sources(generators))
+    objects = generator_objects(generators)  # what a loader or sampler draws from now
+    key = tuple(map(id, objects))
+    kept = _extras.get(key)
+    if kept is not None and all(map(operator.is_, kept[0], objects)):
+        return kept[1]
+    sources = SourceSet(sources_of(objects))
+    if len(_extras) >= _EXTRAS_KEPT:
+        _extras.clear()
+    _extras[key] = (tuple(objects), sources)
+    return sources
 
 
 def live_sources(devices: Devices, extra: SourceSet = NO_SOURCES) -> list[RngSource]:
@@ -134,20 +201,24 @@ def snapshot_parts(devices: Devices, extra: SourceSet = NO_SOURCES) -> list[tupl
 @protected
 def _load_all(
     sources: Sequence[RngSource], loads: Sequence[Callable[[Any], object]], values: Sequence[Any],
-    guards: Sequence[LazyGuard],
+    guards: Sequence[LazyGuard], load_all: Callable[[Sequence[Any]], None] | None = None,
 ) -> None:
     """``load(value)`` for each source, then release each guard; raise for all that failed.
 
     Neither a failure nor an interrupt stops the others: every source is loaded
     (one interrupted mid-load is loaded again), then the first interrupt is
     raised, or an error that names each source that could not be put back. The
-    process is never left half-restored without one of them.
+    process is never left half-restored without one of them. ``load_all``, where
+    given, loads them all in one go first (a :class:`SourceSet`'s).
     """
     interrupt: BaseException | None = None
     if not guards:
         try:
-            for load, value in zip(loads, values, strict=False):  # equal lengths, made together
-                load(value)
+            if load_all is not None:
+                load_all(values)
+            else:
+                for load, value in zip(loads, values, strict=False):  # equal lengths, made together
+                    load(value)
         except Exception:  # noqa: BLE001 - redone below, where every failure is collected
             pass
         except BaseException as exc:  # noqa: BLE001 - redone below, then raised
@@ -244,13 +315,16 @@ class Saved:
 
     __slots__ = ("guards", "homes", "opener", "shielded", "sources", "thread", "values")
 
-    def __init__(self, sources: SourceSet, values: list[Any], guards: Sequence[LazyGuard], thread: int) -> None:
+    def __init__(
+        self, sources: SourceSet, values: list[Any], guards: Sequence[LazyGuard], thread: int,
+        opener: object = None, shielded: bool = False,
+    ) -> None:
         self.sources = sources
         self.values = values
         self.guards = guards
         self.thread = thread
-        self.opener: object = None
-        self.shielded = False
+        self.opener = opener
+        self.shielded = shielded
         # A stream entered again below other blocks: where each of its generators' state
         # is kept meanwhile, as (layer, index there, index here). None for any other block.
         self.homes: list[tuple[Saved, int, int]] | None = None
@@ -265,7 +339,8 @@ class Saved:
 
     def restore(self) -> None:
         """Put every saved source back, and undo what happened to guarded runtimes."""
-        _load_all(self.sources.sources, self.sources.loads, self.values, self.guards)
+        sources = self.sources
+        _load_all(sources.sources, sources.loads, self.values, self.guards, sources.load_all)
 
     def index_of(self, identity: object) -> int | None:
         """Where the source standing for the generator ``identity`` is, if this block saved it."""
@@ -285,17 +360,20 @@ class Saved:
         }
 
 
-def take(devices: Devices, extra: SourceSet = NO_SOURCES, *, guard: bool = True) -> Saved:
+def take(
+    devices: Devices, extra: SourceSet = NO_SOURCES, *, guard: bool = True, opener: object = None,
+    shielded: bool = False,
+) -> Saved:
     """Save every live source and ``extra``; with ``guard``, also guard lazy runtimes."""
     plan = _plans.get(devices)
     if plan is None or (plan.probes and not plan.current()):
         plan = plan_for(devices)
-    sources = plan.sources + extra if extra.sources else plan.sources
-    values = [save() for save in sources.saves]
+    sources = extra.after(plan.sources) if extra.sources else plan.sources
+    values = sources.save_all()
     guards: Sequence[LazyGuard] = ()
     if guard and plan.guarded:
         guards = [g for g in (family.guard(devices) for family in plan.guarded) if g is not None]
-    return Saved(sources, values, guards, get_ident())
+    return Saved(sources, values, guards, get_ident(), opener, shielded)
 
 
 _layers: list[Saved] = []
@@ -351,9 +429,7 @@ def enter(
         if _layers and not _warned_threads and _layers[-1].thread != get_ident():
             # First: a warning turned into an error must find nothing changed.
             warn_threads(frames_to_user)
-        layer = take(devices, extra, guard=guard)
-        layer.opener = opener
-        layer.shielded = shielded
+        layer = take(devices, extra, guard=guard, opener=opener, shielded=shielded)
         if prepare is not None:
             prepare(layer)
         if seed is not None:
@@ -366,7 +442,7 @@ def enter(
         else:
             leave(layer, exc)
         raise
-    if _held_signal():
+    if _held:
         leave(layer, None)  # undone, then the SIGINT that arrived meanwhile is raised
     return layer
 
@@ -384,14 +460,33 @@ def leave(layer: Saved, exc: BaseException | None) -> None:
             else:
                 _send_home(layer)
         finally:
-            _remove(layer)
-            unshield(layer.shielded)
+            if _layers and _layers[-1] is layer:
+                _layers.pop()
+            else:
+                _remove(layer)
+            if layer.shielded:
+                unshield(True)
     except RngRestoreError as failure:
         if exc is not None and failure is not exc:
             raise failure from exc
         raise
     finally:
+        if _held:
+            release_held()
+
+
+@protected
+def leave_opened(opener: object, exc: BaseException | None) -> bool:
+    """Close the innermost block ``opener`` has open (see :func:`open_layer`); False if none is."""
+    if _layers:
+        top = _layers[-1]
+        layer = top if top.opener is opener and top.thread == get_ident() else open_layer(opener)
+        if layer is not None:
+            leave(layer, exc)
+            return True
+    if _held:
         release_held()
+    return False
 
 
 def _remove(layer: Saved) -> None:

@@ -7,8 +7,8 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from ._checks import check_devices, check_seed
-from ._interrupts import protected, release_held
-from ._swap import enter, extra_sources, leave, open_layer
+from ._interrupts import protected
+from ._swap import NO_SOURCES, enter, extra_sources, leave_opened
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -62,7 +62,7 @@ class fork_rng:  # noqa: N801 - named like torch.random.fork_rng, which it repla
             raise TypeError(f"enabled must be a bool, not {type(enabled).__name__}")
         self.enabled = enabled
         self.devices = None if devices is None else check_devices(devices)
-        self._extra = extra_sources(generators)
+        self._extra = NO_SOURCES if type(generators) is tuple and not generators else extra_sources(generators)
 
     @protected
     def __enter__(self) -> fork_rng:
@@ -78,11 +78,7 @@ class fork_rng:  # noqa: N801 - named like torch.random.fork_rng, which it repla
         traceback: TracebackType | None,
     ) -> None:
         # What was entered decides, not ``enabled`` now.
-        capture = open_layer(self)
-        if capture is not None:
-            leave(capture, exc)
-        else:
-            release_held()
+        leave_opened(self, exc)
 
     def __call__(self, fn: F) -> F:
         """Use as a decorator: every call (generator, coroutine) runs in its own fork.

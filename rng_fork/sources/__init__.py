@@ -19,7 +19,7 @@ from .registry import (
     source_family,
     unregister_source,
 )
-from .resolve import GENERATOR_PREFIX, generator_objects, generator_sources
+from .resolve import GENERATOR_PREFIX, generator_objects, generator_sources, sources_of
 from .torch_generators import TorchGeneratorSource, TorchState
 
 __all__ = [
@@ -52,5 +52,6 @@ __all__ = [
     "registered_families",
     "registered_sources",
     "source_family",
+    "sources_of",
     "unregister_source",
 ]

@@ -74,6 +74,9 @@ class DeviceGeneratorSource(TorchGeneratorSource):
         self._save = self._explaining(obj.get_state)
         self._load = self._explaining(obj.set_state)
 
+    def _raw_view(self) -> None:
+        return None  # a device's state goes through torch, which explains a graph capture
+
     def _explaining(self, call: Callable[..., Any]) -> Callable[..., Any]:
         def explained(*args: Any) -> Any:
             try:

@@ -69,12 +69,26 @@ _SINGLE = (
 )
 
 
+_BARE = frozenset({
+    random.Random, np.random.RandomState, torch.Generator,
+    np.random.MT19937, np.random.PCG64, np.random.PCG64DXSM, np.random.Philox, np.random.SFC64,
+})
+"""Types that are their own generator object, exactly (a subclass goes the long way)."""
+
+
 def generator_objects(generators: object) -> list[object]:
     """The distinct generator objects behind ``generators=``, in order of first appearance.
 
     Raises ``TypeError`` for anything that is not a list (or other iterable) of
     supported objects; a lone loader or sampler is refused before it is iterated.
     """
+    # The usual case, a list of generators themselves, without the checks below (built per fork).
+    if type(generators) is list or type(generators) is tuple:
+        for entry in generators:
+            if type(entry) not in _BARE:
+                break
+        else:
+            return list(generators) if len(generators) < 2 else list({id(g): g for g in generators}.values())
     # Checked before iterating: a loader, a sampler or a dataset may draw from the very generators to protect.
     if isinstance(generators, _SINGLE):
         raise TypeError(
@@ -98,7 +112,12 @@ def generator_sources(generators: object) -> tuple[RngSource, ...]:
     Each distinct generator gets one source, in order of first appearance, so
     the same list always yields the same names.
     """
-    return tuple(_source_for(f"{GENERATOR_PREFIX}:{i}", obj) for i, obj in enumerate(generator_objects(generators)))
+    return sources_of(generator_objects(generators))
+
+
+def sources_of(objects: list[object]) -> tuple[RngSource, ...]:
+    """Sources for the distinct generator objects :func:`generator_objects` found, named by position."""
+    return tuple(_source_for(f"{GENERATOR_PREFIX}:{i}", obj) for i, obj in enumerate(objects))
 
 
 def _source_for(name: str, obj: object) -> RngSource:

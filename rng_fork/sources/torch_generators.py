@@ -6,11 +6,13 @@ added (see :mod:`.devices`).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any, cast
 
 import torch
 
+from . import _torch_view
 from .base import Codec, Part, Plain, Savers
 from .plain import dense, need
 from .python import ObjectSource
@@ -107,7 +109,11 @@ class TorchGeneratorCodec(Codec):
 
 
 class TorchGeneratorSource(ObjectSource):
-    """A ``torch.Generator``: the CPU default generator or the user's; saved as its state tensor.
+    """A ``torch.Generator``: the CPU default generator or the user's.
+
+    Saved as its state tensor, or, for a CPU generator where the verified raw
+    view is on (see :mod:`._torch_view`), as the raw bytes of its state, a
+    copy without torch's serialization; snapshots hold the state tensor either way.
 
     Example::
 
@@ -122,28 +128,61 @@ class TorchGeneratorSource(ObjectSource):
     def __init__(self, name: str, obj: torch.Generator) -> None:
         super().__init__(name, obj)
         self.device_type = obj.device.type
+        self._view = self._raw_view()
 
-    def save(self) -> torch.Tensor:
-        return self.obj.get_state()
+    def _raw_view(self) -> _torch_view.RawView | None:
+        return _torch_view.raw_view(self.obj)
 
-    def load(self, saved: torch.Tensor) -> None:
-        self.obj.set_state(saved)
+    def save(self) -> Any:
+        view = self._view
+        return self.obj.get_state() if view is None else view.raw
+
+    def load(self, saved: Any) -> None:
+        view = self._view
+        if view is None or type(saved) is not bytes:
+            self.obj.set_state(saved)
+        else:
+            view.raw = saved
 
     def savers(self) -> Savers:
+        view = self._view
+        if view is not None:
+            # Builtins bound to the view: a copy, no Python frame.
+            return functools.partial(getattr, view, "raw"), functools.partial(setattr, view, "raw")
         # The generator's own methods: no Python frame, no wrapper object.
         return self.obj.get_state, self.obj.set_state
 
-    def part_of(self, saved: torch.Tensor) -> Part:
+    def part_of(self, saved: Any) -> Part:
+        if type(saved) is bytes:
+            return TorchState(self.device_type, _torch_view.to_official(saved))
         return TorchState(self.device_type, saved)
 
-    def saved_of(self, part: Part) -> torch.Tensor:
-        return cast(TorchState, part).tensor
+    def saved_of(self, part: Part) -> Any:
+        tensor = cast(TorchState, part).tensor
+        return tensor if self._view is None else _torch_view.from_official(tensor)
+
+    def capture(self) -> Part:
+        if self._view is None:
+            return super().capture()
+        # A snapshot holds torch's own form: taken so, not converted from raw bytes.
+        return TorchState(self.device_type, self.obj.get_state())
+
+    def restore(self, part: Part) -> None:
+        if self._view is None:
+            super().restore(part)
+        else:
+            self.obj.set_state(cast(TorchState, part).tensor)
 
     def seed(self, seed: int) -> None:
         self.obj.manual_seed(seed)
 
     def check_target(self, part: Part) -> None:
         check_device_type(cast(TorchState, part), self.device_type, self.name)
+
+    def describe(self) -> dict[str, Any]:
+        if self.device_type != "cpu":
+            return super().describe()
+        return {**super().describe(), "fast_path": _torch_view.torch_view_info()}
 
 
 def check_device_type(part: TorchState, device_type: str, name: str) -> None:
