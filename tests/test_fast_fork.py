@@ -1,0 +1,137 @@
+"""The fork's hot path: straight-line savers, sources of generators= built once, and their fallbacks."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+import rng_fork
+from rng_fork import _swap
+from rng_fork.errors import RngRestoreError
+from rng_fork.sources import PythonRandomSource, RngSource, register_source, unregister_source
+
+
+def test_a_source_set_saves_and_loads_every_source_in_one_call() -> None:
+    sources = _swap.plan_for(None).sources
+    assert sources.save_all.__code__.co_filename == "<rng_fork savers>"  # generated, one frame
+    values = sources.save_all()
+    assert len(values) == len(sources.sources)
+    expected = (random.random(), float(np.random.rand()), float(torch.rand(1)))
+    sources.load_all(values)
+    assert (random.random(), float(np.random.rand()), float(torch.rand(1))) == expected
+
+
+def test_a_block_that_swaps_numpy_bit_generator_gets_the_original_back() -> None:
+    original = np.random.mtrand._rand._bit_generator
+    np.random.randn()
+    expected = np.random.get_state()
+    with rng_fork.fork_rng():
+        np.random.set_bit_generator(np.random.PCG64(5))
+        np.random.random(3)
+    assert np.random.mtrand._rand._bit_generator is original
+    assert str(np.random.get_state()) == str(expected)
+
+
+def test_generators_of_the_same_objects_share_one_source_set() -> None:
+    g, rs = torch.Generator().manual_seed(1), np.random.RandomState(2)
+    first = _swap.extra_sources([g, rs])
+    assert _swap.extra_sources((g, rs)) is first
+    assert _swap.extra_sources([rs, g]) is not first  # other order, other names
+    other = torch.Generator().manual_seed(1)
+    assert _swap.extra_sources([other, rs]).sources[0].obj is other  # type: ignore[attr-defined]
+    expected = (g.get_state(), rs.get_state()[1].copy())
+    for _ in range(3):
+        with rng_fork.fork_rng(generators=[g, rs]):
+            torch.rand(5, generator=g)
+            rs.random_sample(7)
+    assert torch.equal(g.get_state(), expected[0])
+    assert (rs.get_state()[1] == expected[1]).all()
+
+
+def test_a_loader_is_resolved_at_every_fork() -> None:
+    dataset = list(range(8))
+    loader = torch.utils.data.DataLoader(dataset, shuffle=True, generator=torch.Generator().manual_seed(0))
+    before = _swap.extra_sources([loader])
+    replacement = torch.Generator().manual_seed(3)
+    loader.generator = replacement
+    loader.sampler.generator = replacement  # type: ignore[attr-defined]
+    after = _swap.extra_sources([loader])
+    assert [s.obj for s in after.sources] == [replacement]  # type: ignore[attr-defined]
+    assert after is not before
+    state = replacement.get_state()
+    with rng_fork.fork_rng(generators=[loader]):
+        list(loader)
+    assert torch.equal(replacement.get_state(), state)
+
+
+def test_the_kept_source_sets_are_bounded() -> None:
+    generators = [torch.Generator() for _ in range(3 * _swap._EXTRAS_KEPT)]
+    for g in generators:
+        _swap.extra_sources([g])
+    assert len(_swap._extras) <= _swap._EXTRAS_KEPT
+
+
+class _Failing(RngSource):
+    """A source whose load fails: the straight-line load must fall back and report it."""
+
+    name = "failing"
+    codec = PythonRandomSource.codec
+
+    def save(self) -> int:
+        return 0
+
+    def load(self, saved: object) -> None:
+        raise OSError("cannot put it back")
+
+    def seed(self, seed: int) -> None:
+        return None
+
+
+def test_a_failing_load_in_the_straight_line_still_puts_every_other_source_back() -> None:
+    register_source(_Failing())
+    try:
+        state = random.getstate(), torch.get_rng_state()
+        with pytest.raises(RngRestoreError, match="failing"), rng_fork.fork_rng():
+            random.random()
+            torch.rand(2)
+        assert random.getstate() == state[0]
+        assert torch.equal(torch.get_rng_state(), state[1])
+    finally:
+        unregister_source("failing")
+
+
+class _FailsFirst(RngSource):
+    """Registered before the built-in sources' loads run: fails once, then loads."""
+
+    name = "flaky"
+    codec = PythonRandomSource.codec
+
+    def __init__(self) -> None:
+        self.loads = 0
+
+    def save(self) -> int:
+        return 0
+
+    def load(self, saved: object) -> None:
+        self.loads += 1
+        if self.loads == 1:
+            raise OSError("not yet")
+
+    def seed(self, seed: int) -> None:
+        return None
+
+
+def test_a_load_that_fails_once_is_done_again_and_the_block_leaves_cleanly() -> None:
+    flaky = _FailsFirst()
+    register_source(flaky)
+    try:
+        state = random.getstate()
+        with rng_fork.fork_rng():
+            random.random()
+        assert random.getstate() == state
+        assert flaky.loads == 2
+    finally:
+        unregister_source("flaky")
