@@ -460,6 +460,8 @@ def leave(layer: Saved, exc: BaseException | None) -> None:
             else:
                 _send_home(layer)
         finally:
+            # _remove's and unshield's common case written out, and release_held only when one is
+            # held: calling them costs every fork about 1.1k instructions (3.5%, measured).
             if _layers and _layers[-1] is layer:
                 _layers.pop()
             else:
@@ -480,6 +482,7 @@ def leave_opened(opener: object, exc: BaseException | None) -> bool:
     """Close the innermost block ``opener`` has open (see :func:`open_layer`); False if none is."""
     if _layers:
         top = _layers[-1]
+        # open_layer's first case, without its call: this is every fork's exit.
         layer = top if top.opener is opener and top.thread == get_ident() else open_layer(opener)
         if layer is not None:
             leave(layer, exc)
