@@ -31,12 +31,13 @@ import _signal  # type: ignore[import-not-found]  # signal.getsignal converts to
 import threading
 from collections.abc import Callable
 from types import CodeType, FrameType
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 _SIGINT = int(_signal.SIGINT)
-_MAIN = threading.main_thread().ident
+MAIN_THREAD = cast(int, threading.main_thread().ident)  # started: it runs this import or started the one that does
+"""The only thread where SIGINT handlers run and can be set."""
 
 _protected: set[CodeType] = set()
 """The code of every function during which a SIGINT is held."""
@@ -75,7 +76,7 @@ def shield() -> bool:
     The first one installs the handler, when the one in place is a Python callable.
     """
     global _open, _previous
-    if threading.get_ident() != _MAIN:
+    if threading.get_ident() != MAIN_THREAD:
         return False
     if not _open:
         current = _signal.getsignal(_SIGINT)
@@ -97,12 +98,16 @@ def unshield(shielded: bool) -> None:
     if not shielded:
         return
     _open -= 1
-    # Only the main thread can set a handler; a block that ended in another thread leaves
-    # it in place, passing everything on, until the main thread's next block ends.
-    if not _open and _previous is not None and threading.get_ident() == _MAIN:
+    if not _open and _previous is not None:
         # Put back first, forget after: a SIGINT in between still finds a handler to pass on to.
         if _signal.getsignal(_SIGINT) is _handler:
-            _signal.signal(_SIGINT, _previous)
+            try:
+                _signal.signal(_SIGINT, _previous)
+            except ValueError:
+                # Only the main thread can set a handler (asking it which thread this is costs
+                # more): a block that ended in another thread leaves it in place, passing
+                # everything on, until the main thread's next block ends.
+                return
         _previous = None
 
 
