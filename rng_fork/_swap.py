@@ -21,61 +21,95 @@ from types import CodeType
 from typing import Any, TypeVar
 
 from ._compile import keep_dynamo_out
-from ._interrupts import _held, protected, release_held, shield, unshield
+from ._interrupts import MAIN_THREAD, _held, protected, release_held, shield, unshield
 from .errors import RngForkWarning, RngRestoreError
-from .sources import Devices, LazyGuard, Part, RngFamily, RngSource, generator_objects, registered_families, sources_of
+from .sources import (
+    Devices,
+    LazyGuard,
+    Part,
+    RngFamily,
+    RngSource,
+    generator_objects,
+    registered_families,
+    sources_of,
+)
+from .sources.base import InlineSavers
 from .sources.registry import on_change as on_registry_change
 
 # Compiled code calls all of this eagerly, never traced.
 keep_dynamo_out()
 
 
-def _straight_line(saves: Sequence[Callable[[], Any]], loads: Sequence[Callable[[Any], object]]) -> tuple[
-    Callable[[], list[Any]], Callable[[Sequence[Any]], None],
-]:
+def _straight_line(
+    saves: Sequence[Callable[[], Any]], loads: Sequence[Callable[[Any], object]],
+    inlines: Sequence[InlineSavers | None],
+) -> tuple[Callable[[], list[Any]], Callable[[Sequence[Any]], None]]:
     """``save_all()`` and ``load_all(values)`` for these savers: one call each, without a loop.
 
     A fork saves and loads every source each time; written out, that is one frame
-    instead of a comprehension's frame and a loop over pairs.
+    instead of a comprehension's frame and a loop over pairs, and a source with
+    inline savers copies its state right there, without a call of its own.
     """
-    count = len(saves)
-    code = _straight_code.get(count)
+    shapes = tuple(None if inline is None else (inline.save, inline.load, tuple(inline.names)) for inline in inlines)
+    code = _straight_code.get(shapes)
     if code is None:
-        names = range(count)
-        text = (
-            f"def save_all():\n    return [{', '.join(f's{i}()' for i in names)}]\n"
-            "def load_all(values):\n"
-            + "".join(f"    l{i}(values[{i}])\n" for i in names)
-            + "    return None\n"
-        )
-        code = _straight_code[count] = compile(text, "<rng_fork savers>", "exec")
+        saved, loaded = [], []
+        for i, inline in enumerate(inlines):
+            if inline is None:
+                saved.append(f"s{i}()")
+                loaded.append(f"l{i}(value_{i})")
+            else:
+                fields = {name: f"_{name}_{i}" for name in inline.names}
+                saved.append(inline.save.format(**fields))
+                loaded.append(inline.load.format(**fields, value=f"value_{i}"))
+        text = f"def save_all():\n    return [{', '.join(saved)}]\ndef load_all(values):\n"
+        if loaded:
+            text += f"    {''.join(f'value_{i}, ' for i in range(len(loaded)))}= values\n"
+        text += "".join(f"    {line}\n" for load in loaded for line in load.splitlines()) + "    return None\n"
+        if len(_straight_code) >= 64:
+            _straight_code.clear()
+        code = _straight_code[shapes] = compile(text, "<rng_fork savers>", "exec")
     namespace: dict[str, Any] = {f"s{i}": save for i, save in enumerate(saves)}
     namespace.update({f"l{i}": load for i, load in enumerate(loads)})
-    exec(code, namespace)  # the code is built from indices only
+    for i, inline in enumerate(inlines):
+        if inline is not None:
+            namespace.update({f"_{name}_{i}": value for name, value in inline.names.items()})
+    exec(code, namespace)  # the code is built from the sources' templates and indices only
     return namespace["save_all"], namespace["load_all"]
 
 
-_straight_code: dict[int, CodeType] = {}
+_straight_code: dict[tuple[tuple[str, str, tuple[str, ...]] | None, ...], CodeType] = {}
+
+
+def _inline_of(source: RngSource) -> InlineSavers | None:
+    """The source's inline savers, if they belong to the savers it has: a subclass that
+    replaces ``savers()`` and not ``_inline_savers()`` is called, not written out."""
+    cls = type(source)
+    for klass in cls.__mro__:
+        if "savers" in vars(klass):
+            return source._inline_savers() if "_inline_savers" in vars(klass) else None
+    return None
 
 
 class SourceSet:
     """Sources with their :meth:`~RngSource.savers`, resolved once and reused by every fork."""
 
-    __slots__ = ("_joined", "graph_checks", "load_all", "loads", "save_all", "saves", "sources")
+    __slots__ = ("_joined", "graph_checks", "inlines", "load_all", "loads", "save_all", "saves", "sources")
 
     def __init__(self, sources: Iterable[RngSource] = ()) -> None:
         kept = tuple(sources)
         pairs = [source.savers() for source in kept]
-        self._set(kept, [save for save, _ in pairs], [load for _, load in pairs])
+        self._set(kept, [save for save, _ in pairs], [load for _, load in pairs], [_inline_of(s) for s in kept])
 
     def _set(
-        self, sources: tuple[RngSource, ...],
-        saves: Sequence[Callable[[], Any]] = (), loads: Sequence[Callable[[Any], object]] = (),
+        self, sources: tuple[RngSource, ...], saves: Sequence[Callable[[], Any]],
+        loads: Sequence[Callable[[Any], object]], inlines: Sequence[InlineSavers | None],
     ) -> None:
         self.sources = sources
         self.saves = tuple(saves)
         self.loads = tuple(loads)
-        self.save_all, self.load_all = _straight_line(self.saves, self.loads)
+        self.inlines = tuple(inlines)
+        self.save_all, self.load_all = _straight_line(self.saves, self.loads, self.inlines)
         # Only sources that can be part of a graph capture are asked (devices).
         self.graph_checks = tuple(
             source.check_not_graph_capturing for source in sources
@@ -90,7 +124,10 @@ class SourceSet:
 
     def __add__(self, other: SourceSet) -> SourceSet:
         joined = SourceSet.__new__(SourceSet)
-        joined._set(self.sources + other.sources, self.saves + other.saves, self.loads + other.loads)
+        joined._set(
+            self.sources + other.sources, self.saves + other.saves, self.loads + other.loads,
+            self.inlines + other.inlines,
+        )
         return joined
 
     def after(self, plan_sources: SourceSet) -> SourceSet:
@@ -211,20 +248,29 @@ def _load_all(
     process is never left half-restored without one of them. ``load_all``, where
     given, loads them all in one go first (a :class:`SourceSet`'s).
     """
-    interrupt: BaseException | None = None
-    if not guards:
-        try:
-            if load_all is not None:
-                load_all(values)
-            else:
-                for load, value in zip(loads, values, strict=False):  # equal lengths, made together
-                    load(value)
-        except Exception:  # noqa: BLE001 - redone below, where every failure is collected
-            pass
-        except BaseException as exc:  # noqa: BLE001 - redone below, then raised
-            interrupt = exc
+    if guards:
+        _load_each(sources, loads, values, guards, None)
+        return
+    try:
+        if load_all is not None:
+            load_all(values)
         else:
-            return
+            for load, value in zip(loads, values, strict=False):  # equal lengths, made together
+                load(value)
+        return
+    except BaseException as exc:  # noqa: BLE001 - redone one by one below, where failures are collected
+        failed = exc
+    _load_each(sources, loads, values, guards, failed)
+
+
+@protected
+def _load_each(
+    sources: Sequence[RngSource], loads: Sequence[Callable[[Any], object]], values: Sequence[Any],
+    guards: Sequence[LazyGuard], failed: BaseException | None,
+) -> None:
+    """:func:`_load_all` one source at a time, after ``failed`` stopped loading them all at once
+    (None: not tried); an interrupt among them is raised once every source is back."""
+    interrupt = None if failed is None or isinstance(failed, Exception) else failed
     failures: dict[str, BaseException] = {}
     attempts: list[tuple[str, Callable[[], object]]] = [
         (src.name, functools.partial(load, saved)) for src, load, saved in zip(sources, loads, values, strict=True)
@@ -250,6 +296,25 @@ def _load_all(
         raise interrupt
     if error is not None:
         raise error
+
+
+_watched = False
+"""Whether a watcher wrapped :func:`_load_all` (see :func:`watch_loads`): then every load goes through it."""
+
+
+def watch_loads(wrap: Callable[[Callable[..., None]], Callable[..., None]]) -> Callable[[], None]:
+    """Send every load of saved states through ``wrap(_load_all)`` (the tracer, which reports who put
+    states back); returns the function that stops it. Unwatched, a fork's exit loads its sources
+    itself, without ``_load_all``."""
+    global _load_all, _watched
+    original, was_watched = _load_all, _watched
+    _load_all, _watched = wrap(original), True
+
+    def unwatch() -> None:
+        global _load_all, _watched
+        _load_all, _watched = original, was_watched
+
+    return unwatch
 
 
 @protected
@@ -315,19 +380,17 @@ class Saved:
 
     __slots__ = ("guards", "homes", "opener", "shielded", "sources", "thread", "values")
 
-    def __init__(
-        self, sources: SourceSet, values: list[Any], guards: Sequence[LazyGuard], thread: int,
-        opener: object = None, shielded: bool = False,
-    ) -> None:
-        self.sources = sources
-        self.values = values
-        self.guards = guards
-        self.thread = thread
-        self.opener = opener
-        self.shielded = shielded
-        # A stream entered again below other blocks: where each of its generators' state
-        # is kept meanwhile, as (layer, index there, index here). None for any other block.
-        self.homes: list[tuple[Saved, int, int]] | None = None
+    # Set by take(), without an __init__: a block builds one per entry, and the call to an
+    # __init__ costs a fork about 1k instructions.
+    sources: SourceSet
+    values: list[Any]
+    guards: Sequence[LazyGuard]
+    thread: int
+    opener: object
+    shielded: bool
+    homes: list[tuple[Saved, int, int]] | None
+    """A stream entered again below other blocks: where each of its generators' state is kept
+    meanwhile, as (layer, index there, index here). None for any other block."""
 
     def seed(self, seed: int) -> None:
         """Seed every saved source and guarded runtime from ``seed``; none if any refuses."""
@@ -361,10 +424,14 @@ class Saved:
 
 
 def take(
-    devices: Devices, extra: SourceSet = NO_SOURCES, *, guard: bool = True, opener: object = None,
+    devices: Devices, extra: SourceSet = NO_SOURCES, guard: bool = True, opener: object = None,
     shielded: bool = False,
 ) -> Saved:
-    """Save every live source and ``extra``; with ``guard``, also guard lazy runtimes."""
+    """Save every live source and ``extra``; with ``guard``, also guard lazy runtimes.
+
+    ``shielded``: whether :func:`shield` opened a stretch for the block, which it does in the
+    main thread only.
+    """
     plan = _plans.get(devices)
     if plan is None or (plan.probes and not plan.current()):
         plan = plan_for(devices)
@@ -373,7 +440,15 @@ def take(
     guards: Sequence[LazyGuard] = ()
     if guard and plan.guarded:
         guards = [g for g in (family.guard(devices) for family in plan.guarded) if g is not None]
-    return Saved(sources, values, guards, get_ident(), opener, shielded)
+    layer = Saved()
+    layer.sources = sources
+    layer.values = values
+    layer.guards = guards
+    layer.thread = MAIN_THREAD if shielded else get_ident()
+    layer.opener = opener
+    layer.shielded = shielded
+    layer.homes = None
+    return layer
 
 
 _layers: list[Saved] = []
@@ -429,7 +504,7 @@ def enter(
         if _layers and not _warned_threads and _layers[-1].thread != get_ident():
             # First: a warning turned into an error must find nothing changed.
             warn_threads(frames_to_user)
-        layer = take(devices, extra, guard=guard, opener=opener, shielded=shielded)
+        layer = take(devices, extra, guard, opener, shielded)
         if prepare is not None:
             prepare(layer)
         if seed is not None:
@@ -455,10 +530,20 @@ def leave(layer: Saved, exc: BaseException | None) -> None:
     """
     try:
         try:
-            if layer.homes is None:
+            if layer.homes is not None:
+                _send_home(layer)
+            elif layer.guards or _watched:
                 layer.restore()
             else:
-                _send_home(layer)
+                # layer.restore(), written out: two frames fewer on every fork's exit.
+                sources = layer.sources
+                try:
+                    sources.load_all(layer.values)
+                    failed = None
+                except BaseException as error:  # noqa: BLE001 - redone one by one, where failures are collected
+                    failed = error
+                if failed is not None:
+                    _load_each(sources.sources, sources.loads, layer.values, (), failed)
         finally:
             # _remove's and unshield's common case written out, and release_held only when one is
             # held: calling them costs every fork about 1.1k instructions (3.5%, measured).

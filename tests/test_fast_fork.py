@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -135,3 +136,39 @@ def test_a_load_that_fails_once_is_done_again_and_the_block_leaves_cleanly() -> 
         assert flaky.loads == 2
     finally:
         unregister_source("flaky")
+
+
+def test_the_built_in_sources_are_copied_in_the_generated_code_without_calls_of_their_own() -> None:
+    from rng_fork.sources import _fastpath, _torch_view
+
+    sources = _swap.plan_for(None).sources
+    fast = [_fastpath.FAST_PYTHON, _fastpath.FAST_NUMPY, _torch_view.torch_view_info().startswith("active")]
+    assert [inline is not None for inline in sources.inlines] == fast
+    called = {name for name in sources.save_all.__code__.co_names if name[:1] in "sl" and name[1:].isdigit()}
+    assert called == {f"s{i}" for i, on in enumerate(fast) if not on}
+
+
+class _OwnSavers(PythonRandomSource):
+    """A subclass with savers of its own: they are called, never the inherited inline form."""
+
+    calls = 0
+
+    def savers(self) -> tuple[Callable[[], object], Callable[[object], None]]:
+        save, load = super().savers()
+
+        def counted_save() -> object:
+            _OwnSavers.calls += 1
+            return save()
+
+        return counted_save, load
+
+
+def test_a_subclass_with_savers_of_its_own_is_called_not_written_out() -> None:
+    r = random.Random(1)
+    sources = _swap.SourceSet([_OwnSavers("own", r)])
+    assert sources.inlines == (None,)
+    values = sources.save_all()
+    expected = r.random()
+    sources.load_all(values)
+    assert r.random() == expected
+    assert _OwnSavers.calls == 1

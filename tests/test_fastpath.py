@@ -26,6 +26,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from numpy.random.mtrand import get_bit_generator, set_bit_generator
 
+from rng_fork import _swap
+from rng_fork.sources import PythonRandomSource, RandomStateSource, RngSource
 from rng_fork.sources import _fastpath as fp
 
 HERE = Path(__file__).resolve().parents[1]  # the repository root, so rng_fork imports
@@ -708,9 +710,47 @@ def test_numpy_savers_equal_portable_snapshots_and_restore_exactly(
     assert_savers_restore_exactly(NUMPY, fp.numpy_savers, lambda saved: len(saved) == 3, state, ops, after)
 
 
-def test_numpy_savers_follow_a_new_bit_generator() -> None:
+def straight_line(source_class: type[RngSource]) -> Callable[[Any], tuple[Callable[[], Any], Callable[[Any], None]]]:
+    """``(save, load)`` of a one-source set's generated ``save_all``/``load_all``: the inline
+    savers, written out, where the fast path is on."""
+
+    def savers(g: Any) -> tuple[Callable[[], Any], Callable[[Any], None]]:
+        source = source_class("x", g)
+        sources = _swap.SourceSet([source])
+        fast = fp.FAST_PYTHON if isinstance(g, random.Random) else fp.FAST_NUMPY
+        assert (sources.inlines[0] is not None) == fast
+        return (lambda: sources.save_all()[0]), (lambda saved: sources.load_all([saved]))
+
+    return savers
+
+
+@SETTINGS
+@given(state=py_states(), ops=py_ops_st, after=py_ops_st)
+def test_inline_python_savers_equal_portable_snapshots_and_restore_exactly(
+    state: PyState, ops: list[tuple[str, int]], after: list[tuple[str, int]]
+) -> None:
+    savers = straight_line(PythonRandomSource)
+    assert_savers_restore_exactly(PYTHON, savers, lambda saved: fp.FAST_PYTHON, state, ops, after)
+
+
+@SETTINGS
+@given(state=np_states(), ops=np_ops_st, after=np_ops_st)
+def test_inline_numpy_savers_equal_portable_snapshots_and_restore_exactly(
+    state: NpState, ops: list[tuple[str, int]], after: list[tuple[str, int]]
+) -> None:
+    savers = straight_line(RandomStateSource)
+    assert_savers_restore_exactly(NUMPY, savers, lambda saved: len(saved) == 3, state, ops, after)
+
+
+NUMPY_SAVERS = [
+    pytest.param(fp.numpy_savers, id="callables"), pytest.param(straight_line(RandomStateSource), id="inline"),
+]
+
+
+@pytest.mark.parametrize("numpy_savers", NUMPY_SAVERS)
+def test_numpy_savers_follow_a_new_bit_generator(numpy_savers: Callable[[Any], Any]) -> None:
     rs = np.random.RandomState(1)
-    save, load = fp.numpy_savers(rs)
+    save, load = numpy_savers(rs)
     for replacement in (np.random.MT19937(5), np.random.PCG64(5)):
         rs.__init__(replacement)  # type: ignore[misc]
         rs.randn()
@@ -727,9 +767,10 @@ def test_numpy_savers_follow_a_new_bit_generator() -> None:
     assert fp.capture_numpy_portable(rs) == expected_state
 
 
-def test_numpy_savers_put_back_the_bit_generator_a_block_replaced() -> None:
+@pytest.mark.parametrize("numpy_savers", NUMPY_SAVERS)
+def test_numpy_savers_put_back_the_bit_generator_a_block_replaced(numpy_savers: Callable[[Any], Any]) -> None:
     rs = np.random.RandomState(1)
-    save, load = fp.numpy_savers(rs)
+    save, load = numpy_savers(rs)
     original = rs._bit_generator
     rs.randn()
     saved = save()

@@ -84,10 +84,8 @@ class Hub:
     def _install(self) -> None:
         self.functions.clear()
         self.functions.update(module_functions())
-        original = getattr(_swap, "_load_all", None)
-        if original is not None:  # without it, what rng_fork puts back shows as unattributed changes
-            self._uninstall.append(lambda: setattr(_swap, "_load_all", original))
-            _swap._load_all = self._restoring(original)
+        # Without it, what rng_fork puts back shows as unattributed changes.
+        self._uninstall.append(_swap.watch_loads(self._restoring))
         if sys.version_info >= (3, 12):
             self._uninstall.append(install_monitoring(self))
         else:

@@ -61,6 +61,7 @@ from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 
+from .base import InlineSavers
 from .plain import MT_RAW_BYTES, MT_WORDS
 
 __all__ = [
@@ -75,8 +76,10 @@ __all__ = [
     "capture_python_portable",
     "fast_path_info",
     "mt19937_only",
+    "numpy_inline",
     "numpy_savers",
     "numpy_state_of",
+    "python_inline",
     "python_savers",
     "restore_numpy",
     "restore_numpy_portable",
@@ -713,6 +716,16 @@ def python_savers(r: random.Random) -> PythonSavers:
     return save, load
 
 
+def python_inline(r: random.Random) -> InlineSavers | None:
+    """:func:`python_savers`' fast pair as code (see :class:`~.base.InlineSavers`); None off the fast path."""
+    if not FAST_PYTHON:
+        return None
+    return InlineSavers(
+        "({view}.raw, {r}.gauss_next)", "{view}.raw = {value}[0]\n{r}.gauss_next = {value}[1]",
+        {"view": _py_view(r), "r": r},
+    )
+
+
 def numpy_savers(rs: np.random.RandomState) -> tuple[Callable[[], NumpySaved], Callable[[NumpySaved], None]]:
     """``(save, load)`` bound to ``rs``, as :func:`python_savers`, saving a :data:`NumpySaved`.
 
@@ -761,6 +774,26 @@ def numpy_savers(rs: np.random.RandomState) -> tuple[Callable[[], NumpySaved], C
         mt.raw = saved[1]
 
     return save, load
+
+
+def numpy_inline(
+    rs: np.random.RandomState, save: Callable[[], NumpySaved], load: Callable[[NumpySaved], None],
+) -> InlineSavers | None:
+    """``numpy_savers(rs)``, given as ``save`` and ``load``, as code: the raw copies written out,
+    and a call to ``save`` or ``load`` wherever they would not apply (another bit generator
+    now or in the saved value). None where ``rs`` has no verified views."""
+    entry = _np_views.get(id(rs))
+    if entry is None or entry.rs is not rs or not FAST_NUMPY:
+        return None
+    names = {"rs": rs, "bg": entry.bg, "mt": entry.mt, "cached": entry.has_gauss, "gauss": entry.gauss}
+    return InlineSavers(
+        "({bg}, {mt}.raw, {cached}.value, {gauss}.value, None) if {rs}._bit_generator is {bg} else {save}()",
+        # Same order as RandomState.set_state: cache first, then the MT state.
+        "if {value}[0] is {bg} and {value}[1] is not None and {rs}._bit_generator is {bg}:\n"
+        "    {gauss}.value = {value}[3]\n    {cached}.value = {value}[2]\n    {mt}.raw = {value}[1]\n"
+        "else:\n    {load}({value})",
+        {**names, "save": save, "load": load},
+    )
 
 
 def fast_path_info() -> dict[str, str]:

@@ -20,7 +20,7 @@ import operator
 import struct
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Hashable, Mapping, Sequence
-from typing import Any, Protocol, cast
+from typing import Any, NamedTuple, Protocol, cast
 
 import numpy as np
 import torch
@@ -33,6 +33,25 @@ Plain = dict[str, Any]
 
 Savers = tuple[Callable[[], Any], Callable[[Any], object]]
 """``(save, load)`` of one generator: ``load(save())`` puts its state back."""
+
+
+
+class InlineSavers(NamedTuple):
+    """A source's :meth:`~RngSource.savers` as code that a fork runs in its own frame.
+
+    ``save`` is an expression for the saved value, ``load`` statements that put
+    ``{value}`` back; both name the objects in ``names`` as ``{name}``. They must
+    do exactly what the source's ``savers()`` do (the tests hold them to it).
+
+    Example::
+
+        InlineSavers("{view}.raw", "{view}.raw = {value}", {"view": view})
+    """
+
+    save: str
+    load: str
+    names: Mapping[str, object]
+
 
 Devices = Sequence[int] | None
 """Device indices a fork selects (``devices=``), or None for every device."""
@@ -193,6 +212,11 @@ class RngSource(ABC):
         """``(save, load)`` as forks call them: the two methods, or faster callables with the same
         saved form (bound to verified memory views, say)."""
         return self.save, self.load
+
+    def _inline_savers(self) -> InlineSavers | None:
+        """:meth:`savers` as code, where the source has such a form: a fork then copies the
+        state without a call (rng_fork's own sources; None for any other)."""
+        return None
 
     def check_target(self, part: Part) -> None:
         """Raise ``TypeError``/``ValueError`` if ``part`` (well formed for the codec) cannot go

@@ -13,7 +13,7 @@ from typing import Any, cast
 import numpy as np
 
 from . import _fastpath
-from .base import Codec, Part, Plain, Savers
+from .base import Codec, InlineSavers, Part, Plain, Savers
 from .plain import (
     C_INT,
     MT_RAW_BYTES,
@@ -107,6 +107,9 @@ class RandomStateSource(ObjectSource):
 
     def savers(self) -> Savers:
         return self._save, self._load
+
+    def _inline_savers(self) -> InlineSavers | None:
+        return _fastpath.numpy_inline(self.obj, self._save, self._load)
 
     def part_of(self, saved: _fastpath.NumpySaved) -> Part:
         bit_generator, raw, has_gauss, gauss, _ = saved

@@ -14,7 +14,7 @@ from collections.abc import Hashable, Mapping
 from typing import Any, cast
 
 from . import _fastpath
-from .base import Codec, Part, Plain, PlainCodec, RngSource, Savers
+from .base import Codec, InlineSavers, Part, Plain, PlainCodec, RngSource, Savers
 from .plain import (
     MT_RAW_BYTES,
     MT_WORDS,
@@ -119,6 +119,9 @@ class PythonRandomSource(ObjectSource):
 
     def savers(self) -> Savers:
         return _fastpath.python_savers(self.obj)
+
+    def _inline_savers(self) -> InlineSavers | None:
+        return _fastpath.python_inline(self.obj)
 
     def part_of(self, saved: _fastpath.PythonState) -> Part:
         return _python_part(saved, self.name)

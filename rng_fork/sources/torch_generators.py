@@ -13,7 +13,7 @@ from typing import Any, cast
 import torch
 
 from . import _torch_view
-from .base import Codec, Part, Plain, Savers
+from .base import Codec, InlineSavers, Part, Plain, Savers
 from .plain import dense, need
 from .python import ObjectSource
 
@@ -151,6 +151,10 @@ class TorchGeneratorSource(ObjectSource):
             return functools.partial(getattr, view, "raw"), functools.partial(setattr, view, "raw")
         # The generator's own methods: no Python frame, no wrapper object.
         return self.obj.get_state, self.obj.set_state
+
+    def _inline_savers(self) -> InlineSavers | None:
+        view = self._view
+        return None if view is None else InlineSavers("{view}.raw", "{view}.raw = {value}", {"view": view})
 
     def part_of(self, saved: Any) -> Part:
         if type(saved) is bytes:
