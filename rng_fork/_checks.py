@@ -7,7 +7,8 @@ argument and what was wrong with it.
 from __future__ import annotations
 
 import operator
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from typing import cast
 
 import numpy as np
 import torch
@@ -48,8 +49,19 @@ def check_devices(devices: Iterable[object] | None) -> tuple[int, ...] | None:
     """
     if devices is None:
         return None
-    if type(devices) in (list, tuple) and not devices:
-        return ()
+    # Plain non-negative ints, as a training loop passes them, checked without a call per index.
+    kind = type(devices)
+    if kind is range:
+        span = cast(range, devices)
+        if span.start >= 0 and span.step > 0:
+            return tuple(span)  # distinct, in order
+    elif kind is tuple or kind is list:
+        given = cast("Sequence[int]", devices)
+        for index in given:
+            if type(index) is not int or index < 0:
+                break
+        else:
+            return tuple(given) if len(given) < 2 else tuple(dict.fromkeys(given))
     if isinstance(devices, (str, bytes, torch.device)) or not isinstance(devices, Iterable):
         raise TypeError(
             f"devices must be an iterable of device indices, not {type(devices).__name__}"

@@ -149,23 +149,32 @@ class Plan:
     a change to the registry drops every plan.
     """
 
-    __slots__ = ("flags", "guarded", "probes", "sources")
+    __slots__ = ("expected", "flags", "guarded", "probes", "sources")
 
     def __init__(self, families: tuple[RngFamily, ...], devices: Devices) -> None:
         if devices:
             for family in families:
                 family.check_devices(devices)
         present = [family for family in families if not family.inert()]
-        self.probes: tuple[Callable[[], bool], ...] = tuple(
-            family.available for family in present if type(family).available is not RngFamily.available
-        )
+        probed = [family for family in present if type(family).available is not RngFamily.available]
+        self.probes: tuple[Callable[[], bool], ...] = tuple(family.available for family in probed)
         self.flags = [probe() for probe in self.probes]
+        self.expected = tuple(zip(self.probes, self.flags, strict=True))
         self.sources = SourceSet(source for family in present for source in family.expand(devices))
-        self.guarded = tuple(family for family in present if type(family).guard is not RngFamily.guard)
+        # A guard is for a runtime not yet initialized: a family that is available (and stays so
+        # while the plan is current) is not asked.
+        up = {id(family) for family, flag in zip(probed, self.flags, strict=True) if flag}
+        self.guarded = tuple(
+            family for family in present if type(family).guard is not RngFamily.guard and id(family) not in up
+        )
 
     def current(self) -> bool:
         """Whether every source is as available as when the plan was made."""
-        return not self.probes or [probe() for probe in self.probes] == self.flags
+        # A loop, not a comprehension: asked before every fork while a device runtime is up.
+        for probe, flag in self.expected:  # noqa: SIM110 - all() costs a frame more
+            if probe() != flag:
+                return False
+        return True
 
 
 _plans: dict[Devices, Plan] = {}

@@ -10,9 +10,12 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import rng_fork
 from rng_fork import fork_rng
+from rng_fork._checks import check_devices
 
 from .helpers import (
     ValueSource,
@@ -340,6 +343,33 @@ def test_a_random_subclass_whose_state_is_mutable_is_refused_for_snapshots() -> 
 def test_bad_devices(devices: object, error: type[Exception]) -> None:
     with pytest.raises(error):
         fork_rng(devices=devices)  # type: ignore[arg-type]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    indices=st.lists(st.one_of(st.integers(-3, 6), st.booleans(), st.just(np.int64(2)), st.just("cpu:1"))),
+    form=st.sampled_from([list, tuple, iter]),
+)
+def test_devices_given_as_plain_ints_check_as_any_other_iterable(indices: list[object], form: type) -> None:
+    # list, tuple and range take a shortcut for plain non-negative ints; an iterator never does.
+    def checked(devices: object) -> object:
+        try:
+            return check_devices(devices)  # type: ignore[arg-type]
+        except (TypeError, ValueError) as exc:
+            return type(exc), str(exc)
+
+    assert checked(form(indices)) == checked(iter(indices))
+
+
+@pytest.mark.parametrize("span", [range(3), range(0), range(2, 7, 2), range(-2, 2), range(3, -1, -1), range(4, 1)])
+def test_devices_given_as_a_range_check_as_its_items(span: range) -> None:
+    def checked(devices: object) -> object:
+        try:
+            return check_devices(devices)  # type: ignore[arg-type]
+        except ValueError as exc:
+            return str(exc)
+
+    assert checked(span) == checked(list(iter(span)))
 
 
 def test_devices_of_an_absent_backend_are_ignored() -> None:

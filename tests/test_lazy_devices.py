@@ -189,3 +189,29 @@ def test_a_seeded_stream_seeds_a_backend_that_initialized_between_its_entries(fa
     assert all(torch.equal(g.get_state(), s) for g, s in zip(fake.default_generators, before))
     with stream:  # and goes on from there
         assert fake.rand(1) == torch.rand(6, generator=torch.Generator().manual_seed(3)).tolist()[3:]
+
+
+class _CountedGuards(LazyDeviceFamily):
+    """Counts the guards a fork asks for."""
+
+    asked = 0
+
+    def guard(self, devices: object) -> object:  # type: ignore[override]
+        _CountedGuards.asked += 1
+        return super().guard(devices)  # type: ignore[arg-type]
+
+
+def test_a_backend_is_guarded_until_it_initializes_and_then_forked_without_asking() -> None:
+    backend = FakeLazyBackend(count=2)
+    family = _CountedGuards("counted", backend, device_type="cpu")
+    with registered(family):
+        with fork_rng():
+            backend.rand(0)  # initializes inside: the guard makes the block leave fresh generators
+        assert _CountedGuards.asked == 1
+        fresh = [g.get_state() for g in backend.default_generators]
+        assert all(torch.equal(g, s) for g, s in zip(fresh, backend.creation_states))
+        for _ in range(3):
+            with fork_rng():
+                backend.rand(1)
+        assert _CountedGuards.asked == 1  # initialized: its devices are saved, no guard is asked for
+        assert all(torch.equal(g.get_state(), s) for g, s in zip(backend.default_generators, fresh))

@@ -297,7 +297,9 @@ class RngFamily(ABC):
         return None
 
     def guard(self, devices: Devices) -> LazyGuard | None:
-        """A guard for a runtime that is not yet initialized, or None."""
+        """A guard for a runtime that is not yet initialized, or None.
+
+        Asked as a block opens, and only while :meth:`available` is false (a fork skips it otherwise)."""
         return None
 
     def current_device(self) -> int | None:
