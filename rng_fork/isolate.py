@@ -316,6 +316,7 @@ class _Fork:
 
     def __init__(self, devices: tuple[int, ...] | None, extra: SourceSet, seed: int | None) -> None:
         self.devices, self.extra, self.seed = devices, extra, seed
+        self.layer: Saved | None = None
 
     @protected
     def __enter__(self) -> None:
@@ -323,7 +324,11 @@ class _Fork:
 
     @protected
     def __exit__(self, exc_type: object, exc: BaseException | None, traceback: object) -> None:
-        leave(self.layer, exc)
+        # The layer names this object as its opener: dropped, so that the pair is freed at once
+        # instead of by the garbage collector (one cycle per call).
+        layer, self.layer = self.layer, None
+        if layer is not None:  # None only where __enter__ failed, and then no with calls this
+            leave(layer, exc)
 
 
 Context = Any  # anything with __enter__/__exit__

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import pytest
@@ -172,3 +173,41 @@ def test_a_subclass_with_savers_of_its_own_is_called_not_written_out() -> None:
     sources.load_all(values)
     assert r.random() == expected
     assert _OwnSavers.calls == 1
+
+
+@rng_fork.isolated
+def _isolated_call() -> float:
+    return random.random()
+
+
+@rng_fork.isolated
+def _isolated_steps() -> Iterator[float]:
+    while True:
+        yield random.random()
+
+
+def _with_fork() -> None:
+    with rng_fork.fork_rng():
+        random.random()
+
+
+_STREAM = rng_fork.RngStream(seed=0)
+
+
+def _with_stream() -> None:
+    with _STREAM:
+        random.random()
+
+
+@pytest.mark.parametrize("block", [_with_fork, _isolated_call, _with_stream, _isolated_steps().__next__])
+def test_blocks_leave_no_reference_cycles_behind(block: Callable[[], object]) -> None:
+    # A cycle per block would be freed only by the garbage collector: memory and collections
+    # that grow with the number of forks in a loop.
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(50):
+            block()
+        assert gc.collect() == 0
+    finally:
+        gc.enable()
