@@ -7,8 +7,10 @@ PYTHON ?= python3
 VENV ?= .venv
 TORCH ?= torch==2.13.0
 PINS ?=
-# pytest-xdist: one worker per core (the suite is about 3 minutes of CPU).
-PYTEST ?= -m pytest -q -n auto
+# pytest-xdist: one worker per core (the suite is about 3 minutes of CPU). MARKS='not slow' leaves out the
+# tests that spawn processes or train models (two thirds of the time).
+MARKS ?=
+PYTEST ?= -m pytest -q -n auto $(if $(MARKS),-m "$(MARKS)")
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
@@ -35,8 +37,10 @@ types: $(STAMP)
 pytest: $(STAMP)  ## the suite, with the raw-memory fast path where it is available
 	$(BIN)/python $(PYTEST)
 
-portable: $(STAMP)  ## the suite through the official APIs only
-	RNG_FORK_PORTABLE=1 $(BIN)/python $(PYTEST)
+# The slow tests run once, on the fast path: the processes they spawn and the models they train do not
+# depend on which path copies the states, and the tests that compare the paths are not slow.
+portable: $(STAMP)  ## the suite through the official APIs only, without the slow tests
+	RNG_FORK_PORTABLE=1 $(BIN)/python $(PYTEST) -m "not slow"
 
 test: lint types pytest portable  ## everything CI checks on this Python and this torch
 
