@@ -448,7 +448,12 @@ def take(
     values = sources.save_all()
     guards: Sequence[LazyGuard] = ()
     if guard and plan.guarded:
-        guards = [g for g in (family.guard(devices) for family in plan.guarded) if g is not None]
+        made = []  # a loop, not two comprehensions: asked at every fork while a runtime is down
+        for family in plan.guarded:
+            one = family.guard(devices)
+            if one is not None:
+                made.append(one)
+        guards = made
     layer = Saved()
     layer.sources = sources
     layer.values = values
