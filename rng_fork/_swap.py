@@ -149,7 +149,7 @@ class Plan:
     a change to the registry drops every plan.
     """
 
-    __slots__ = ("expected", "flags", "guarded", "probes", "sources")
+    __slots__ = ("expected", "guarded", "probes", "sources")
 
     def __init__(self, families: tuple[RngFamily, ...], devices: Devices) -> None:
         if devices:
@@ -158,12 +158,12 @@ class Plan:
         present = [family for family in families if not family.inert()]
         probed = [family for family in present if type(family).available is not RngFamily.available]
         self.probes: tuple[Callable[[], bool], ...] = tuple(family.available for family in probed)
-        self.flags = [probe() for probe in self.probes]
-        self.expected = tuple(zip(self.probes, self.flags, strict=True))
+        flags = [probe() for probe in self.probes]
+        self.expected = tuple(zip(self.probes, flags, strict=True))
         self.sources = SourceSet(source for family in present for source in family.expand(devices))
         # A guard is for a runtime not yet initialized: a family that is available (and stays so
         # while the plan is current) is not asked.
-        up = {id(family) for family, flag in zip(probed, self.flags, strict=True) if flag}
+        up = {id(family) for family, flag in zip(probed, flags, strict=True) if flag}
         self.guarded = tuple(
             family for family in present if type(family).guard is not RngFamily.guard and id(family) not in up
         )

@@ -35,7 +35,6 @@ Savers = tuple[Callable[[], Any], Callable[[Any], object]]
 """``(save, load)`` of one generator: ``load(save())`` puts its state back."""
 
 
-
 class InlineSavers(NamedTuple):
     """A source's :meth:`~RngSource.savers` as code that a fork runs in its own frame.
 
