@@ -10,10 +10,10 @@ exception in a rank makes ``torch.multiprocessing.spawn`` raise in the test
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import os
 import pickle
 import random
-import socket
 import warnings
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -26,6 +26,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
+from torch.multiprocessing.spawn import ProcessException
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
@@ -50,23 +51,51 @@ every evaluation, so a persistent stream fits too: ``"stream": lambda: RngStream
 
 
 def run_ranks(scenario: str, world_size: int, out: Path) -> list[dict[str, Any]]:
-    """Run ``scenario`` on ``world_size`` spawned gloo ranks on loopback; return each rank's observations."""
-    mp.spawn(_entry, args=(world_size, _free_port(), str(out), scenario), nprocs=world_size, join=True)
+    """Run ``scenario`` on ``world_size`` spawned gloo ranks; return each rank's observations.
+
+    The ranks meet through a file in ``out`` rather than a TCP port: a port picked
+    here and bound seconds later by rank 0 (after the spawn imports torch) can be
+    taken in between by another test's ranks, which then join the wrong group.
+    A rank that dies (a signal, an uncaught C++ exception in gloo's threads) leaves
+    no Python traceback, so each rank's stderr goes to ``out`` and a failure quotes it.
+    """
+    store = out / f"{scenario}.store"
+    try:
+        mp.spawn(_entry, args=(world_size, str(store), str(out), scenario), nprocs=world_size, join=True)
+    except ProcessException as exc:
+        logs = {rank: _log_of(out, scenario, rank).strip() for rank in range(world_size)}
+        last = "; ".join(f"rank {rank}: {_cause(log)}" for rank, log in logs.items() if log)
+        whole = "\n".join(f"--- rank {rank}'s stderr ---\n{log}" for rank, log in logs.items())
+        raise RuntimeError(f"{scenario}: {exc} ({last or 'no rank wrote to stderr'})\n{whole}") from exc
+    return observations(scenario, world_size, out)
+
+
+def observations(scenario: str, world_size: int, out: Path) -> list[dict[str, Any]]:
+    """What each rank of a finished ``run_ranks(scenario, world_size, out)`` observed."""
     return [pickle.loads((out / f"{scenario}-rank{rank}.pkl").read_bytes()) for rank in range(world_size)]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def _cause(log: str) -> str:
+    """What a rank printed before faulthandler's stacks (std::terminate's message), or its last line."""
+    before, fatal, _ = log.partition("Fatal Python error:")
+    lines = before.strip().splitlines() if fatal and before.strip() else log.splitlines()[-1:]
+    return " ".join(line.strip() for line in lines[-2:])
 
 
-def _entry(rank: int, world_size: int, port: int, out: str, scenario: str) -> None:
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    os.environ["MASTER_PORT"] = str(port)
+def _log_of(out: Path, scenario: str, rank: int) -> str:
+    path = out / f"{scenario}-rank{rank}.log"
+    return path.read_text(errors="replace") if path.exists() else ""
+
+
+def _entry(rank: int, world_size: int, store: str, out: str, scenario: str) -> None:
+    with open(Path(out) / f"{scenario}-rank{rank}.log", "w") as log:
+        os.dup2(log.fileno(), 2)  # C++ writes to fd 2 too (std::terminate's message, gloo's warnings)
+    faulthandler.enable()  # a fatal signal prints every thread's Python stack to the log
     torch.set_num_threads(1)  # two ranks on two cores
     # A rank stuck in a collective fails after this long instead of hanging the test run.
-    dist.init_process_group("gloo", rank=rank, world_size=world_size, timeout=timedelta(seconds=60))
+    dist.init_process_group(
+        "gloo", init_method=f"file://{store}", rank=rank, world_size=world_size, timeout=timedelta(seconds=60)
+    )
     try:
         observed = SCENARIOS[scenario](rank, world_size, Path(out))
         dist.barrier()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -11,12 +13,13 @@ from typing import Any
 import pytest
 import torch
 import torch.distributed as dist
+from filelock import FileLock
 
 import rng_fork
 import rng_fork.distributed as rd
 from rng_fork import get_rng_state
 
-from ._dist_workers import ISOLATIONS, draws, run_ranks
+from ._dist_workers import ISOLATIONS, draws, observations, run_ranks
 from .helpers import assert_error, one_rank_group, refused_unchanged, through_torch_save
 
 CALLS: dict[str, Callable[[], object]] = {
@@ -164,15 +167,37 @@ def test_report_strings() -> None:
 # --- two spawned ranks ---------------------------------------------------------
 
 
+def _run_once(tmp_path_factory: pytest.TempPathFactory, scenario: str) -> tuple[list[dict[str, Any]], Path]:
+    """``run_ranks(scenario, 2, ...)`` once per test run, not once per pytest-xdist worker.
+
+    Both workers get tests that use the same ranks; spawning them on each would run
+    four ranks on two cores at once. The first worker runs them under a file lock in the
+    run's shared temporary folder, the other reads what they wrote.
+    """
+    if os.environ.get("PYTEST_XDIST_WORKER") is None:
+        out = tmp_path_factory.mktemp(scenario)
+        return run_ranks(scenario, 2, out), out
+    shared = tmp_path_factory.getbasetemp().parent  # this run's, above every worker's own
+    out = shared / scenario
+    with FileLock(str(shared / f"{scenario}.lock")):
+        if out.is_dir():
+            return observations(scenario, 2, out), out
+        ready = shared / f"{scenario}.partial"
+        shutil.rmtree(ready, ignore_errors=True)  # a run that failed on the other worker
+        ready.mkdir()
+        runs = run_ranks(scenario, 2, ready)
+        ready.rename(out)
+        return runs, out
+
+
 @pytest.fixture(scope="module")
 def ddp_runs(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
-    return run_ranks("ddp", 2, tmp_path_factory.mktemp("ddp"))
+    return _run_once(tmp_path_factory, "ddp")[0]
 
 
 @pytest.fixture(scope="module")
 def collective_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[dict[str, Any]], Path]:
-    out = tmp_path_factory.mktemp("collectives")
-    return run_ranks("collectives", 2, out), out
+    return _run_once(tmp_path_factory, "collectives")
 
 
 def _same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
