@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 import torch
+from hypothesis import settings
 
 from rng_fork import RngFamily, RngSource, register_source, registered_sources
 from rng_fork.sources import LazyDeviceFamily, ModuleDeviceFamily
@@ -14,6 +15,12 @@ from .fakebackend import FakeLazyBackend, FakeModuleBackend
 from .helpers import Unseen, registered, seed_globals
 
 HAS_CUDA = torch.cuda.is_available()
+
+# Every run tests the same examples (a failure in CI is one that reproduces); `pytest
+# --hypothesis-profile=explore` draws new ones each run and keeps failures in .hypothesis/.
+settings.register_profile("deterministic", derandomize=True, database=None)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile("deterministic")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
