@@ -18,6 +18,7 @@ from .rows import NOT_INSTALLED, Row
 from .targets import MISSED, PASS, SKIP, Target, Verdict, evaluate
 
 DERIVED = (
+    ("fork_rng() without its SIGINT handler swap", "rng_fork.fork_rng - rng_fork.sigint_shield", 1),
     ("@isolated call minus bare call", "isolated.call - bare.call", 1),
     ("@isolated generator step minus bare step", "isolated.gen_step - bare.gen_step", 1),
     ("fork_rng(generators=[g]) minus fork_rng()", "rng_fork.fork_rng.generator - rng_fork.fork_rng", 1),

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 import rng_fork
+from rng_fork import _interrupts
 
 from . import standin
 
@@ -132,6 +133,9 @@ def fork_rows(isolate_rng: Callable[..., Any] | None) -> list[Row]:
         Row("raw.numpy", "raw get+set: np.random", "np.random.set_state(np.random.get_state())", MODULES,
             callgrind_n=200),
         Row("raw.torch", "raw get+set: torch CPU", "torch.set_rng_state(torch.get_rng_state())", MODULES),
+        Row("rng_fork.sigint_shield", "rng_fork's SIGINT handler in and out",
+            "unshield(shield())", {"shield": _interrupts.shield, "unshield": _interrupts.unshield},
+            note="two sigaction calls, paid by every outermost rng_fork block"),
         Row("rng_fork.get_rng_state", "rng_fork.get_rng_state()", "rng_fork.get_rng_state()", MODULES),
         Row("rng_fork.set_rng_state", "rng_fork.set_rng_state(state)", "rng_fork.set_rng_state(state)",
             {**MODULES, "state": rng_fork.get_rng_state()}),

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CPU_ROWS = {
     "rng_fork.fork_rng", "rng_fork.fork_rng.no_devices", "torch.fork_rng", "lightning.isolate_rng",
     "rng_fork.fork_rng.generator", "raw.generator", "raw.all", "raw.python", "raw.numpy", "raw.torch",
-    "rng_fork.get_rng_state", "rng_fork.set_rng_state",
+    "rng_fork.sigint_shield", "rng_fork.get_rng_state", "rng_fork.set_rng_state",
     "bare.call", "isolated.call", "bare.gen_step", "isolated.gen_step", "RngStream.enter_exit",
     "train.step", "train.step.traced",
     "standin.torch.1", "standin.rng_fork.1", "standin.torch.8", "standin.rng_fork.8",
@@ -118,7 +118,8 @@ def test_quick_run_reports_every_row(tmp_path: Path) -> None:
                 continue
             assert wall["status"] in {PASS, MISSED}, target
     assert {item["name"] for item in report["derived"]} >= {
-        "@isolated call minus bare call", "stand-in: rng_fork, each device (8 vs 1)"}
+        "@isolated call minus bare call", "stand-in: rng_fork, each device (8 vs 1)",
+        "fork_rng() without its SIGINT handler swap"}
 
 
 @pytest.mark.slow
