@@ -26,6 +26,7 @@ from ._swap import (
     extra_sources,
     homes_above,
     leave,
+    leave_opened,
     live_sources,
     open_layer,
     restore_all,
@@ -151,7 +152,7 @@ class RngStream:
 
     def __call__(self, fn: F) -> F:
         """Decorate ``fn`` so every call (every generator or coroutine step) draws from this stream."""
-        return _wrap(fn, lambda: self, lambda: self)
+        return _wrap(fn, self, lambda: self)
 
     def state_dict(self) -> dict[str, Any]:
         """The stream's state as plain checkpoint data (see :meth:`RngState.state_dict`).
@@ -268,7 +269,7 @@ def isolated(
 
 def isolate_checked(fn: F, seed: int | None, devices: tuple[int, ...] | None, extra: SourceSet) -> F:
     """``isolated`` for arguments that were already checked (``fork_rng`` as a decorator)."""
-    return _wrap(fn, lambda: _Fork(devices, extra, seed), lambda: RngStream._private(seed, devices, extra))
+    return _wrap(fn, _CallFork(devices, extra, seed), lambda: RngStream._private(seed, devices, extra))
 
 
 def _not_capturing_then(prepare: Prepare) -> Prepare:
@@ -309,37 +310,38 @@ def _converted(entries: list[tuple[RngSource, Any]], devices: tuple[int, ...] | 
         release_held()
 
 
-class _Fork:
-    """A one-shot fork: the light context for a plain call."""
+class _CallFork:
+    """The fork the calls of one ``@isolated`` function run in.
 
-    __slots__ = ("devices", "extra", "layer", "seed")
+    Made once, with the function's wrapper, and entered by every call: like a
+    ``fork_rng`` object, it can be open many times at once (recursion, threads),
+    and each exit closes the innermost block it opened in its thread.
+    """
+
+    __slots__ = ("devices", "extra", "seed")
 
     def __init__(self, devices: tuple[int, ...] | None, extra: SourceSet, seed: int | None) -> None:
         self.devices, self.extra, self.seed = devices, extra, seed
-        self.layer: Saved | None = None
 
     @protected
     def __enter__(self) -> None:
-        self.layer = enter(self, self.devices, self.extra, self.seed, frames_to_user=3)
+        enter(self, self.devices, self.extra, self.seed, frames_to_user=3)
 
     @protected
     def __exit__(self, exc_type: object, exc: BaseException | None, traceback: object) -> None:
-        # The layer names this object as its opener: dropped, so that the pair is freed at once
-        # instead of by the garbage collector (one cycle per call).
-        layer, self.layer = self.layer, None
-        if layer is not None:  # None only where __enter__ failed, and then no with calls this
-            leave(layer, exc)
+        leave_opened(self, exc)
 
 
 Context = Any  # anything with __enter__/__exit__
 
 
-def _wrap(fn: F, for_call: Callable[[], Context], for_steps: Callable[[], Context]) -> F:
-    """Wrap any callable so it runs in ``for_call()`` (plain) or steps in ``for_steps()``."""
+def _wrap(fn: F, for_call: Context, for_steps: Callable[[], Context]) -> F:
+    """Wrap any callable so each call runs in the context ``for_call`` (entered by every call:
+    it must nest and may be open in several threads) or steps in ``for_steps()``."""
     return cast(F, _wrapper(fn, for_call, for_steps))
 
 
-def _wrapper(fn: Any, for_call: Callable[[], Context], for_steps: Callable[[], Context]) -> Any:
+def _wrapper(fn: Any, for_call: Context, for_steps: Callable[[], Context]) -> Any:
     if isinstance(fn, (staticmethod, classmethod)):
         return type(fn)(_wrapper(fn.__func__, for_call, for_steps))
     if not callable(fn):
@@ -366,7 +368,7 @@ def _wrapper(fn: Any, for_call: Callable[[], Context], for_steps: Callable[[], C
 
     @functools.wraps(fn)
     def call_wrapper(*args: Any, **kwargs: Any) -> Any:
-        with for_call():
+        with for_call:
             result = fn(*args, **kwargs)
         # A callable that hands back a generator or coroutine without being a
         # generator or coroutine function (an async __call__, a plain decorator

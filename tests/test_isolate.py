@@ -7,6 +7,7 @@ import functools
 import inspect
 import io
 import random
+import threading
 import warnings
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
@@ -18,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import rng_fork
-from rng_fork import RngStream, fork_rng, isolated
+from rng_fork import RngStream, _swap, fork_rng, isolated
 
 from .helpers import assert_invisible, draw_all, fork_open_in_another_thread, refused_unchanged, seed_globals
 
@@ -665,6 +666,49 @@ def test_a_stream_open_in_another_thread_warns() -> None:
         with pytest.warns(rng_fork.RngForkWarning, match="another thread") as caught, stream:
             pass
         assert caught[0].filename == __file__
+
+
+def test_each_call_of_a_recursive_isolated_function_is_undone() -> None:
+    seen: list[bool] = []
+
+    @isolated
+    def f(depth: int) -> None:
+        draw_all()
+        if depth:
+            mid = rng_fork.get_rng_state()
+            f(depth - 1)
+            seen.append(rng_fork.get_rng_state() == mid)
+
+    assert_invisible(lambda: f(4))
+    assert seen == [True] * 4 and _swap._layers == []
+
+
+@pytest.mark.usefixtures("thread_warning_reset")
+def test_calls_of_one_isolated_function_in_two_threads_each_close_their_own() -> None:
+    # Every call enters the function's one fork object: the main thread's call ends while
+    # the other thread's call is on top, and must close its own block, not that one.
+    entered, release = threading.Event(), threading.Event()
+    other = threading.Thread(target=lambda: f("other"))
+
+    @isolated
+    def f(who: str) -> None:
+        random.random()
+        if who == "main":
+            other.start()
+            entered.wait(10)
+        else:
+            entered.set()
+            release.wait(10)
+
+    before = random.getstate()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", rng_fork.RngForkWarning)  # blocks in two threads: warned of
+        f("main")
+        assert random.getstate() == before
+        assert [layer.thread for layer in _swap._layers] == [other.ident]
+        release.set()
+        other.join()
+    assert _swap._layers == []
 
 
 @pytest.mark.usefixtures("thread_warning_reset")
