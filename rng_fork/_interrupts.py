@@ -28,15 +28,15 @@ Example::
 from __future__ import annotations
 
 import _signal  # type: ignore[import-not-found]  # signal.getsignal converts to enums: 100x slower
-import threading
 from collections.abc import Callable
+from threading import get_ident, main_thread
 from types import CodeType, FrameType
 from typing import Any, TypeVar, cast
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 _SIGINT = int(_signal.SIGINT)
-MAIN_THREAD = cast(int, threading.main_thread().ident)  # started: it runs this import or started the one that does
+MAIN_THREAD = cast(int, main_thread().ident)  # started: it runs this import or started the one that does
 """The only thread where SIGINT handlers run and can be set."""
 
 _protected: set[CodeType] = set()
@@ -76,7 +76,7 @@ def shield() -> bool:
     The first one installs the handler, when the one in place is a Python callable.
     """
     global _open, _previous
-    if threading.get_ident() != MAIN_THREAD:
+    if get_ident() != MAIN_THREAD:
         return False
     if not _open:
         current = _signal.getsignal(_SIGINT)
