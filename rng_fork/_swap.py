@@ -502,7 +502,8 @@ def enter(
     ``prepare`` the block's own states (a stream's) or seed them if asked.
 
     Either the block is open when this returns, or nothing changed: a failure undoes
-    what was done, and so does a SIGINT, which is held meanwhile and raised here after.
+    what was done. A SIGINT is held meanwhile and passed on at the end; if its handler
+    raises, the block is undone before the exception goes on.
 
     Example::
 
@@ -532,7 +533,14 @@ def enter(
             leave(layer, exc)
         raise
     if _held:
-        leave(layer, None)  # undone, then the SIGINT that arrived meanwhile is raised
+        # Passed on with the block open, as if it had arrived at the block's first line: a
+        # handler that raises gets the block undone first; one that returns (a flag to stop
+        # later) leaves the block running, forked.
+        try:
+            release_held()
+        except BaseException as exc:
+            leave(layer, exc)
+            raise
     return layer
 
 

@@ -10,6 +10,7 @@ tried; then real SIGINTs sent at random moments by another thread.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import random
 import signal
@@ -242,6 +243,41 @@ def test_a_sigint_at_any_event_of_a_stream_leaves_the_caller_unchanged(
 ) -> None:
     stream = RngStream(seed=seed)  # one stream, entered again by every run
     stays_unchanged(lambda: scenario(stream))
+
+
+@pytest.mark.parametrize(
+    "scenario",
+    [
+        fork_block, seeded_fork_block, nested_forks, isolated_call, isolated_generator,
+        functools.partial(stream_twice, RngStream(seed=5)),
+        functools.partial(stream_entered_again_below_a_fork, RngStream(seed=5)),
+    ],
+    ids=["fork", "seeded_fork", "nested", "isolated_call", "isolated_generator", "stream", "stream_below_fork"],
+)
+def test_a_sigint_a_handler_only_records_at_any_event_still_leaves_the_caller_unchanged(
+    scenario: Callable[[], None],
+) -> None:
+    # A handler that returns (a training loop's "stop after this step") raises nothing:
+    # the block runs on, forked, and each SIGINT reaches the handler exactly once.
+    calls: list[int] = []
+    signal.signal(signal.SIGINT, lambda signum, frame: calls.append(signum))
+    try:
+        seed_globals(7)
+        before = states()
+        run_injected(scenario, -1)
+        for target in itertools.count():
+            seed_globals(7)
+            calls.clear()
+            delivered, interrupted, _ = run_injected(scenario, target)
+            if not delivered:
+                assert target > 20, "the trace does not see the scenario"
+                break
+            assert not interrupted and calls == [signal.SIGINT], f"place {target}: {calls}"
+            assert states() == before, f"place {target}"
+            assert not _swap._layers and _interrupts._open == 0 and not _interrupts.held(), f"place {target}"
+            assert not _interrupts.installed()
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def test_an_interrupted_first_entry_leaves_a_seeded_stream_unstarted() -> None:
