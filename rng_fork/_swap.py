@@ -11,14 +11,13 @@ of a source changes (a CUDA initialization, say).
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import operator
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from threading import get_ident
 from types import CodeType
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from ._compile import keep_dynamo_out
 from ._interrupts import MAIN_THREAD, _held, protected, release_held, shield, unshield
@@ -344,20 +343,31 @@ def restore_all(entries: Sequence[tuple[RngSource, Part]], guards: Sequence[Lazy
 T = TypeVar("T")
 
 
-class ThreadStack(list[tuple[int, T]]):
+class _Opened(Generic[T]):
+    """One item a :class:`ThreadStack` has open, with the thread that opened it. Compared by
+    identity, so that removing it is one C call that runs no Python code (atomic under the GIL)."""
+
+    __slots__ = ("item", "thread")
+
+    def __init__(self, thread: int, item: T) -> None:
+        self.thread, self.item = thread, item
+
+
+class ThreadStack(list[_Opened[T]]):
     """What a reusable context manager has open, per thread, so one object can be
     entered in several threads at once (and nested in each).
 
-    Items are kept with the thread that opened them; appending to and removing
-    from a list are atomic, so threads need no lock. A list itself, because one
-    is made for every ``fork_rng()``.
+    Items are kept with the thread that opened them. Other threads push and pop
+    while one looks for its own, so it looks in a copy (taken in one C call) and
+    removes what it found by identity; threads need no lock. A list itself,
+    because one is made for every ``fork_rng()``.
     """
 
     __slots__ = ()
 
     def push(self, item: T) -> None:
         """Open ``item`` in the calling thread."""
-        self.append((get_ident(), item))
+        self.append(_Opened(get_ident(), item))
 
     def pop_own(self) -> T | None:
         """Close and return the calling thread's innermost item; None if nothing is open.
@@ -365,14 +375,17 @@ class ThreadStack(list[tuple[int, T]]):
         A block can end in another thread than it began in (a generator resumed
         by a thread pool): then the innermost item of any thread is closed.
         """
-        if not self:
-            return None
         me = get_ident()
-        entry = self[-1]
-        if entry[0] != me:
-            entry = next((e for e in reversed(self) if e[0] == me), entry)
-        self.remove(entry)
-        return entry[1]
+        while True:
+            entries = self[:]
+            if not entries:
+                return None
+            entry = next((e for e in reversed(entries) if e.thread == me), entries[-1])
+            try:
+                self.remove(entry)
+            except ValueError:  # another thread's, and that thread closed it first: look again
+                continue
+            return entry.item
 
 
 class Saved:
@@ -567,12 +580,14 @@ def leave(layer: Saved, exc: BaseException | None) -> None:
                 if failed is not None:
                     _load_each(sources.sources, sources.loads, layer.values, (), failed)
         finally:
-            # _remove's and unshield's common case written out, and release_held only when one is
-            # held: calling them costs every fork about 1.1k instructions (3.5%, measured).
-            if _layers and _layers[-1] is layer:
-                _layers.pop()
-            else:
-                _remove(layer)
+            # One C call, so atomic however other threads open and close blocks meanwhile (a
+            # look at the top, then a pop, is two steps), and by identity: a Saved has no __eq__.
+            try:  # noqa: SIM105 - contextlib.suppress would cost every fork a context manager
+                _layers.remove(layer)
+            except ValueError:  # never pushed: its entry failed
+                pass
+            # unshield's common case written out, and release_held only when one is held:
+            # calling them costs every fork about 1.1k instructions (3.5%, measured).
             if layer.shielded:
                 unshield(True)
     except RngRestoreError as failure:
@@ -599,33 +614,23 @@ def leave_opened(opener: object, exc: BaseException | None) -> bool:
     return False
 
 
-def _remove(layer: Saved) -> None:
-    if _layers and _layers[-1] is layer:
-        _layers.pop()
-    else:
-        with contextlib.suppress(ValueError):  # never pushed: its entry failed
-            _layers.remove(layer)
-
-
 def open_layer(opener: object) -> Saved | None:
     """The innermost block ``opener`` has open in this thread, else in any thread, else None.
 
     A block can end in another thread than it began in (a generator resumed
     by a thread pool): then the innermost one of any thread is closed.
     """
-    if _layers:
-        top = _layers[-1]
-        me = get_ident()
-        if top.opener is opener and top.thread == me:
-            return top
-        found = None
-        for layer in reversed(_layers):
-            if layer.opener is opener:
-                if layer.thread == me:
-                    return layer
-                found = found or layer
-        return found
-    return None
+    layers = _layers[:]  # other threads open and close blocks while this one looks
+    if not layers:
+        return None
+    me = get_ident()
+    found = None
+    for layer in reversed(layers):
+        if layer.opener is opener:
+            if layer.thread == me:
+                return layer
+            found = found or layer
+    return found
 
 
 def homes_above(below: Saved) -> Prepare:
@@ -642,7 +647,8 @@ def homes_above(below: Saved) -> Prepare:
 
 @protected
 def _load_homes(below: Saved, layer: Saved) -> None:
-    above = _layers[_layers.index(below) + 1:] if below in _layers else []
+    layers = _layers[:]  # one copy: other threads open and close blocks meanwhile
+    above = layers[layers.index(below) + 1:] if below in layers else []
     homes: list[tuple[Saved, int, int]] = []
     for here, source in enumerate(layer.sources.sources):
         identity = source.identity()

@@ -609,6 +609,103 @@ def test_a_block_may_end_in_another_thread() -> None:
     assert not _swap._layers
 
 
+@pytest.mark.usefixtures("thread_warning_reset")
+def test_an_exit_finds_its_block_while_another_thread_closes_blocks_above_it() -> None:
+    # The exit looks for its block below another thread's; that thread is switched in right
+    # there (a trace stands for the GIL switch at the loop) and closes its three blocks.
+    import inspect
+    import sys
+    import threading
+
+    from rng_fork import _swap
+
+    lines, first = inspect.getsourcelines(_swap.open_layer)
+    loop = first + next(i for i, line in enumerate(lines) if line.lstrip().startswith("for "))
+    b_open, b_go, b_done = threading.Event(), threading.Event(), threading.Event()
+    switched: list[int] = []
+
+    def other_thread() -> None:
+        with fork_rng(), fork_rng(), fork_rng():
+            b_open.set()
+            b_go.wait(10)
+        b_done.set()
+
+    def switch_at_the_loop(frame: Any, event: str, arg: Any) -> Any:
+        if frame.f_code is _swap.open_layer.__code__:
+            if event == "line" and frame.f_lineno > loop and not switched:
+                switched.append(frame.f_lineno)
+                b_go.set()
+                b_done.wait(10)
+            return switch_at_the_loop
+        return switch_at_the_loop if event == "call" else None
+
+    mine = torch.Generator().manual_seed(0)
+    before = mine.get_state()
+    block = fork_rng(generators=[mine])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", rng_fork.RngForkWarning)
+        block.__enter__()
+        torch.rand(1, generator=mine)
+        thread = threading.Thread(target=other_thread)
+        thread.start()
+        b_open.wait(10)
+        sys.settrace(switch_at_the_loop)
+        try:
+            block.__exit__(None, None, None)
+        finally:
+            sys.settrace(None)
+            b_go.set()
+            thread.join()
+    assert switched, "the exit did not look below the other thread's blocks"
+    assert torch.equal(mine.get_state(), before)
+    assert not _swap._layers
+
+
+def test_a_thread_stack_pops_its_own_item_while_another_thread_pops_theirs() -> None:
+    # What assert_untouched and trace objects keep per thread: the main thread looks for its
+    # item below another thread's three, and that thread pops them right then.
+    import sys
+    import threading
+
+    from rng_fork._swap import ThreadStack
+
+    stack: ThreadStack[str] = ThreadStack()
+    stack.push("main's")
+    pushed, go, done = threading.Event(), threading.Event(), threading.Event()
+    popped: list[str | None] = []
+    switched: list[bool] = []
+
+    def other_thread() -> None:
+        for item in ("b1", "b2", "b3"):
+            stack.push(item)
+        pushed.set()
+        go.wait(10)
+        popped.extend(stack.pop_own() for _ in range(3))
+        done.set()
+
+    def switch_while_looking(frame: Any, event: str, arg: Any) -> Any:
+        caller = frame.f_back
+        looking = frame.f_code.co_name == "<genexpr>" and caller is not None
+        if looking and caller.f_code is ThreadStack.pop_own.__code__ and event == "line" and not switched:
+            switched.append(True)
+            go.set()
+            done.wait(10)
+        return switch_while_looking
+
+    thread = threading.Thread(target=other_thread)
+    thread.start()
+    pushed.wait(10)
+    sys.settrace(switch_while_looking)
+    try:
+        mine = stack.pop_own()
+    finally:
+        sys.settrace(None)
+        go.set()
+        thread.join()
+    assert switched
+    assert mine == "main's" and popped == ["b3", "b2", "b1"] and not stack
+
+
 def test_a_registration_while_a_plan_is_made_is_not_lost() -> None:
     class Registering(rng_fork.OneGenerator):
         def inert(self) -> bool:  # asked while a plan is made
