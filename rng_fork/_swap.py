@@ -81,8 +81,10 @@ _straight_code: dict[tuple[tuple[str, str, tuple[str, ...]] | None, ...], CodeTy
 
 
 def _inline_of(source: RngSource) -> InlineSavers | None:
-    """The source's inline savers, if they belong to the savers it has: a subclass that
-    replaces ``savers()`` and not ``_inline_savers()`` is called, not written out."""
+    """The source's inline savers, if they belong to the savers it has: a subclass (or the
+    object itself) that replaces ``savers()`` and not ``_inline_savers()`` is called, not written out."""
+    if "savers" in getattr(source, "__dict__", ()):  # replaced on the object itself
+        return None
     cls = type(source)
     for klass in cls.__mro__:
         if "savers" in vars(klass):

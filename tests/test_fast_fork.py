@@ -175,6 +175,25 @@ def test_a_subclass_with_savers_of_its_own_is_called_not_written_out() -> None:
     assert _OwnSavers.calls == 1
 
 
+def test_savers_replaced_on_the_source_itself_are_called_not_written_out() -> None:
+    r = random.Random(1)
+    source = PythonRandomSource("own", r)
+    save, load = source.savers()
+    calls: list[str] = []
+
+    def counted_save() -> object:
+        calls.append("save")
+        return save()
+
+    source.savers = lambda: (counted_save, load)  # type: ignore[method-assign]
+    sources = _swap.SourceSet([source])
+    assert sources.inlines == (None,)
+    values = sources.save_all()
+    expected = r.random()
+    sources.load_all(values)
+    assert r.random() == expected and calls == ["save"]
+
+
 @rng_fork.isolated
 def _isolated_call() -> float:
     return random.random()
