@@ -622,12 +622,14 @@ def open_layer(opener: object) -> Saved | None:
     A block can end in another thread than it began in (a generator resumed
     by a thread pool): then the innermost one of any thread is closed.
     """
-    layers = _layers[:]  # other threads open and close blocks while this one looks
-    if not layers:
+    if not _layers:
         return None
+    top = _layers[-1]
     me = get_ident()
+    if top.opener is opener and top.thread == me:  # the common case: what this thread opened last
+        return top
     found = None
-    for layer in reversed(layers):
+    for layer in reversed(_layers[:]):  # a copy: other threads open and close blocks meanwhile
         if layer.opener is opener:
             if layer.thread == me:
                 return layer
