@@ -63,10 +63,7 @@ class assert_untouched:  # noqa: N801 - used like a function, as contextlib's he
         self._open: ThreadStack[tuple[RngState, trace | None]] = ThreadStack()
 
     def __enter__(self) -> assert_untouched:
-        tracer = trace(generators=self._generators) if self._explain else None
-        self._open.push((snapshot(self._extra), tracer))
-        if tracer is not None:
-            tracer.__enter__()
+        self._open.push(self._begin())
         return self
 
     def __exit__(
@@ -78,6 +75,22 @@ class assert_untouched:  # noqa: N801 - used like a function, as contextlib's he
         opened = self._open.pop_own()
         if opened is None:
             raise RuntimeError("assert_untouched exited in a thread that did not enter it")
+        self._end(opened, exc_type, exc, traceback)
+
+    def _begin(self) -> tuple[RngState, trace | None]:
+        tracer = trace(generators=self._generators) if self._explain else None
+        opened = snapshot(self._extra), tracer
+        if tracer is not None:
+            tracer.__enter__()
+        return opened
+
+    def _end(
+        self,
+        opened: tuple[RngState, trace | None],
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
         before, tracer = opened
         if tracer is not None:
             tracer.__exit__(exc_type, exc, traceback)
@@ -120,8 +133,16 @@ class assert_untouched:  # noqa: N801 - used like a function, as contextlib's he
         return checked  # type: ignore[return-value]
 
     async def _checked(self, coroutine: Coroutine[Any, Any, Any]) -> Any:
-        with self:
-            return await coroutine
+        # Its own snapshot, not the thread's stack: tasks on one event loop share the thread and
+        # interleave, so the innermost entry of the thread may be another task's.
+        opened = self._begin()
+        try:
+            result = await coroutine
+        except BaseException as exc:
+            self._end(opened, type(exc), exc, exc.__traceback__)
+            raise
+        self._end(opened, None, None, None)
+        return result
 
 
 def _explanation(tracer: trace, changed: list[str]) -> str:

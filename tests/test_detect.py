@@ -104,6 +104,23 @@ def test_as_decorator_sync_and_async() -> None:
         asyncio.run(async_leaky())
 
 
+def test_concurrent_calls_of_a_decorated_coroutine_each_check_their_own_window() -> None:
+    # Tasks on one event loop share the thread: x draws and ends while y is waiting, and
+    # each call is compared with the snapshot it took, not the thread's latest.
+    @assert_untouched()
+    async def handler(draws: bool, wait: float) -> None:
+        if draws:
+            torch.rand(1)
+        await asyncio.sleep(wait)
+
+    async def both() -> list[object]:
+        return await asyncio.gather(handler(True, 0.0), handler(False, 0.05), return_exceptions=True)
+
+    x, y = asyncio.run(both())
+    assert isinstance(x, RngTouchedError) and "torch" in str(x)
+    assert y is None
+
+
 def test_generator_functions_are_refused_as_decorated() -> None:
     def gen() -> Iterator[float]:
         yield torch.rand(1).item()
