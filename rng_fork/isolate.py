@@ -159,10 +159,17 @@ class RngStream:
 
         A stream that has not started yet saves only its seed. The stream keeps
         its state in each source's fastest form and converts it here, without
-        touching any generator.
+        touching any generator. Inside the stream its state is in the generators,
+        drawn from as the block runs: asked there, it raises ``RuntimeError``
+        rather than give the state the block started from.
         """
         from .state import RngState
 
+        if self._is_open():
+            raise RuntimeError(
+                "cannot save the state of an RngStream while it is active (its state is the one the block is "
+                "drawing from): call state_dict() outside the stream"
+            )
         parts = None if self._own is None else RngState._trusted(self._own.parts()).state_dict()
         return {"seed": -1 if self.seed is None else self.seed, "started": parts is not None, "state": parts or {}}
 

@@ -588,6 +588,33 @@ def test_an_unstarted_checkpoint_with_a_state_is_refused() -> None:
         RngStream(seed=1).load_state_dict(sd)
 
 
+def test_a_stream_refuses_to_save_or_load_its_state_while_it_is_active() -> None:
+    # Inside, its state is the one the block draws from: a checkpoint of the state it was
+    # entered with would resume from the wrong place, silently.
+    stream = RngStream(seed=0)
+    with stream:
+        torch.rand(1)
+    saved = stream.state_dict()
+
+    @stream
+    def checkpoint_inside() -> None:
+        torch.rand(3)
+        with pytest.raises(RuntimeError, match="cannot save the state of an RngStream while it is active"):
+            stream.state_dict()
+        with pytest.raises(RuntimeError, match="cannot load the state of an RngStream while it is active"):
+            stream.load_state_dict(saved)
+        torch.rand(2)
+
+    reference = RngStream()
+    reference.load_state_dict(saved)
+    with reference:
+        torch.rand(3)
+        torch.rand(2)
+    checkpoint_inside()
+    later = rng_fork.RngState.from_state_dict(stream.state_dict()["state"])
+    assert later == rng_fork.RngState.from_state_dict(reference.state_dict()["state"])
+
+
 def test_stream_load_validates_before_changing() -> None:
     stream = RngStream(seed=1)
     with stream:
