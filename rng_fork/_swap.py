@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import operator
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from threading import get_ident
 from types import CodeType
 from typing import Any, Generic, TypeVar
@@ -424,10 +424,18 @@ class Saved:
         for guard in self.guards:
             guard.seed(seed)
 
-    def restore(self) -> None:
-        """Put every saved source back, and undo what happened to guarded runtimes."""
+    def restore(self, only: Collection[str] | None = None) -> None:
+        """Put every saved source back (or those named in ``only``), and undo what happened
+        to guarded runtimes."""
         sources = self.sources
-        _load_all(sources.sources, sources.loads, self.values, self.guards, sources.load_all)
+        if only is None:
+            _load_all(sources.sources, sources.loads, self.values, self.guards, sources.load_all)
+            return
+        kept = [i for i, source in enumerate(sources.sources) if source.name in only]
+        _load_all(
+            [sources.sources[i] for i in kept], [sources.loads[i] for i in kept], [self.values[i] for i in kept],
+            self.guards,
+        )
 
     def index_of(self, identity: object) -> int | None:
         """Where the source standing for the generator ``identity`` is, if this block saved it."""

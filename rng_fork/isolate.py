@@ -117,18 +117,22 @@ class RngStream:
         caller.sources.check_not_graph_capturing()
         own = self._own
         if own is not None:
-            own.restore()
-            if self.seed is not None and len(caller.sources.sources) != len(own.sources.sources):
-                self._seed_new_sources(caller, own)
+            if own.sources is caller.sources:
+                own.restore()
+            else:
+                self._put_in_what_is_covered(caller, own)
 
-    def _seed_new_sources(self, caller: Saved, own: Saved) -> None:
-        # A generator that appeared since the stream last ran (a device initialized
-        # meanwhile) starts from the stream's seed, as if it had been there all along.
-        assert self.seed is not None
-        known = {source.name for source in own.sources.sources}
-        for source in caller.sources.sources:
-            if source.name not in known:
-                source.seed(self.seed)
+    def _put_in_what_is_covered(self, caller: Saved, own: Saved) -> None:
+        # The sources changed since the stream last ran. Only those the block saved get the
+        # stream's state (one unregistered meanwhile is no longer the stream's to change, and
+        # would never be put back); a generator that appeared (a device initialized meanwhile)
+        # starts from the stream's seed, as if it had been there all along.
+        own.restore(only={source.name for source in caller.sources.sources})
+        if self.seed is not None:
+            known = {source.name for source in own.sources.sources}
+            for source in caller.sources.sources:
+                if source.name not in known:
+                    source.seed(self.seed)
 
     @protected
     def __exit__(

@@ -21,7 +21,15 @@ from hypothesis import strategies as st
 import rng_fork
 from rng_fork import RngStream, _swap, fork_rng, isolated
 
-from .helpers import assert_invisible, draw_all, fork_open_in_another_thread, refused_unchanged, seed_globals
+from .helpers import (
+    ValueSource,
+    assert_invisible,
+    draw_all,
+    fork_open_in_another_thread,
+    refused_unchanged,
+    registered,
+    seed_globals,
+)
 
 
 def _draws() -> float:
@@ -586,6 +594,22 @@ def test_an_unstarted_checkpoint_with_a_state_is_refused() -> None:
     sd["state"] = rng_fork.get_rng_state().state_dict()
     with pytest.raises(ValueError, match="has not started"):
         RngStream(seed=1).load_state_dict(sd)
+
+
+def test_a_stream_leaves_alone_a_source_unregistered_since_it_ran_and_seeds_one_registered() -> None:
+    old, new = ValueSource("old_source", 1), ValueSource("new_source", 2)
+    stream = RngStream(seed=7)
+    with registered(old):
+        with stream:
+            old.value = 10  # the stream's state of old_source
+        with registered(new):  # one source out, another in: the same number of sources
+            pass
+    with registered(new):
+        old.value = 3
+        with stream:
+            assert old.value == 3  # no longer the stream's: not loaded, so never to be put back
+            assert new.value == 7  # appeared since the stream ran: starts from the stream's seed
+        assert (old.value, new.value) == (3, 2)
 
 
 def test_a_stream_refuses_to_save_or_load_its_state_while_it_is_active() -> None:
