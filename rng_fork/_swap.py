@@ -402,7 +402,7 @@ class Saved:
         saved.restore()         # every generator as it was
     """
 
-    __slots__ = ("guards", "homes", "opener", "shielded", "sources", "thread", "values")
+    __slots__ = ("guards", "homes", "inside", "opener", "orphan_of", "shielded", "sources", "thread", "values")
 
     # Set by take(), without an __init__: a block builds one per entry, and the call to an
     # __init__ costs a fork about 1k instructions.
@@ -415,6 +415,12 @@ class Saved:
     homes: list[tuple[Saved, int, int]] | None
     """A stream entered again below other blocks: where each of its generators' state is kept
     meanwhile, as (layer, index there, index here). None for any other block."""
+    inside: Saved | None
+    """The block whose code opened this one (the innermost block then running), if any."""
+    orphan_of: Saved | None
+    """Set when a block this one is inside was left before it: a block left open by a generator
+    suspended in it (a fork across an ``@isolated`` generator's yield). Its saved states are that
+    code's, so it is no stream's home, and no block is inside it, until it is left in turn."""
 
     def seed(self, seed: int) -> None:
         """Seed every saved source and guarded runtime from ``seed``; none if any refuses."""
@@ -485,12 +491,40 @@ def take(
     layer.opener = opener
     layer.shielded = shielded
     layer.homes = None
+    layer.inside = _layers[-1] if _layers else None
+    layer.orphan_of = None
     return layer
 
 
 _layers: list[Saved] = []
 """Every open block, in the order entered, in all threads. The generators hold
 the state of the top one's code; each layer holds what the one below had."""
+
+_orphans = 0
+"""How many open blocks are orphans (see :attr:`Saved.orphan_of`): while there are none,
+the block on top is the one a new block is inside."""
+
+
+def _running(layer: Saved | None) -> Saved | None:
+    """``layer``, or the first block it is inside that is open and not an orphan: where code runs."""
+    while layer is not None and (layer.orphan_of is not None or layer not in _layers):
+        layer = layer.inside
+    return layer
+
+
+def _orphan_inside(left: Saved) -> None:
+    """Mark the open blocks of ``left``'s thread that are inside ``left``, which was just left
+    before them (a generator suspended in them), as orphans."""
+    global _orphans
+    for layer in _layers[:]:
+        if layer.thread != left.thread or layer.orphan_of is not None:
+            continue
+        outer = layer.inside
+        while outer is not None and outer is not left and outer.orphan_of is None and outer in _layers:
+            outer = outer.inside
+        if outer is left:
+            layer.orphan_of = left
+            _orphans += 1
 
 _warned_threads = False
 
@@ -543,6 +577,8 @@ def enter(
             # First: a warning turned into an error must find nothing changed.
             warn_threads(frames_to_user)
         layer = take(devices, extra, guard, opener, shielded)
+        if _orphans:  # the block on top may be an orphan, whose code is not running
+            layer.inside = _running(layer.inside)
         if prepare is not None:
             prepare(layer)
         if seed is not None:
@@ -592,10 +628,13 @@ def leave(layer: Saved, exc: BaseException | None) -> None:
         finally:
             # One C call, so atomic however other threads open and close blocks meanwhile (a
             # look at the top, then a pop, is two steps), and by identity: a Saved has no __eq__.
+            below_others = bool(_layers) and _layers[-1] is not layer
             try:  # noqa: SIM105 - contextlib.suppress would cost every fork a context manager
                 _layers.remove(layer)
             except ValueError:  # never pushed: its entry failed
                 pass
+            if below_others or layer.orphan_of is not None:
+                _left_out_of_order(layer)
             # unshield's common case written out, and release_held only when one is held:
             # calling them costs every fork about 1.1k instructions (3.5%, measured).
             if layer.shielded:
@@ -607,6 +646,13 @@ def leave(layer: Saved, exc: BaseException | None) -> None:
     finally:
         if _held:
             release_held()
+
+
+def _left_out_of_order(layer: Saved) -> None:
+    global _orphans
+    if layer.orphan_of is not None:
+        _orphans -= 1
+    _orphan_inside(layer)
 
 
 @protected
@@ -665,6 +711,8 @@ def _load_homes(below: Saved, layer: Saved) -> None:
     for here, source in enumerate(layer.sources.sources):
         identity = source.identity()
         for home in above:
+            if home.orphan_of is not None:  # holds a suspended generator's states
+                continue
             there = home.index_of(identity)
             if there is not None:
                 homes.append((home, there, here))
