@@ -228,6 +228,13 @@ def _make_profile(
     gauss: Any = locator.gauss if locator is not None else None
     seen = [position.value, first.value, gauss.value] if position is not None else [0, 0, 0]
 
+    def numpy_checkpoint(frame: FrameType) -> None:
+        # NumPy's legacy generator is seen only through its position: a change since the last look.
+        if position is not None and (position.value != seen[0] or first.value != seen[1] or gauss.value != seen[2]):
+            seen[:] = position.value, first.value, gauss.value
+            if not sink.quiet:
+                sink.changed(lambda: site_of(frame))
+
     def profile(frame: FrameType, event: str, arg: Any) -> None:
         if closed[0]:  # still installed after the trace ended (in a thread started meanwhile): off
             on_closed()
@@ -245,6 +252,7 @@ def _make_profile(
                 ):
                     kind = kind_of(ids[owner_id], arg.__name__)
                     if kind is not None:
+                        numpy_checkpoint(frame)  # a change NumPy made before this call is not the call's
                         pending[0], pending[1] = frame, arg
                         sink.call(owner_id, arg.__name__, kind, site_of(frame))
             elif event == "call" and frame.f_code.co_filename == _random_file and pending[0] is None:
@@ -253,14 +261,10 @@ def _make_profile(
                     owner_id = id(frame.f_locals.get("self"))
                     kind = kind_of(ids[owner_id], frame.f_code.co_name) if owner_id in ids else None
                     if kind is not None:
+                        numpy_checkpoint(frame)
                         pending[0], pending[1] = frame, None
                         sink.call(owner_id, frame.f_code.co_name, kind, site_of(caller))
-            if position is not None and (
-                position.value != seen[0] or first.value != seen[1] or gauss.value != seen[2]
-            ):
-                seen[:] = position.value, first.value, gauss.value
-                if not sink.quiet:
-                    sink.changed(lambda: site_of(frame))
+            numpy_checkpoint(frame)
         except Exception as exc:  # noqa: BLE001 - the traced program must never see the tracer fail
             sink.failed(exc)
         if forward is not None:
