@@ -308,21 +308,30 @@ def _load_each(
         raise error
 
 
+def _seed_layer(layer: Saved, seed: int) -> None:
+    layer.sources.check_not_graph_capturing()
+    for source in layer.sources.sources:
+        source.seed(seed)
+    for guard in layer.guards:
+        guard.seed(seed)
+
+
 _watched = False
-"""Whether a watcher wrapped :func:`_load_all` (see :func:`watch_loads`): then every load goes through it."""
+"""Whether a watcher wrapped :func:`_load_all` (see :func:`watch_writes`): then every load goes through it."""
 
 
-def watch_loads(wrap: Callable[[Callable[..., None]], Callable[..., None]]) -> Callable[[], None]:
-    """Send every load of saved states through ``wrap(_load_all)`` (the tracer, which reports who put
-    states back); returns the function that stops it. Unwatched, a fork's exit loads its sources
-    itself, without ``_load_all``."""
-    global _load_all, _watched
-    original, was_watched = _load_all, _watched
-    _load_all, _watched = wrap(original), True
+def watch_writes(wrap: Callable[[Callable[..., None]], Callable[..., None]]) -> Callable[[], None]:
+    """Send every load of saved states and every seeding of a block through ``wrap(_load_all)`` and
+    ``wrap(_seed_layer)`` (the tracer, which reports what rng_fork put in as its own reseeds, not as
+    the program's draws); returns the function that stops it. Unwatched, a fork's exit loads its
+    sources itself, without ``_load_all``."""
+    global _load_all, _seed_layer, _watched
+    original, original_seed, was_watched = _load_all, _seed_layer, _watched
+    _load_all, _seed_layer, _watched = wrap(original), wrap(original_seed), True
 
     def unwatch() -> None:
-        global _load_all, _watched
-        _load_all, _watched = original, was_watched
+        global _load_all, _seed_layer, _watched
+        _load_all, _seed_layer, _watched = original, original_seed, was_watched
 
     return unwatch
 
@@ -424,11 +433,7 @@ class Saved:
 
     def seed(self, seed: int) -> None:
         """Seed every saved source and guarded runtime from ``seed``; none if any refuses."""
-        self.sources.check_not_graph_capturing()
-        for source in self.sources.sources:
-            source.seed(seed)
-        for guard in self.guards:
-            guard.seed(seed)
+        _seed_layer(self, seed)
 
     def restore(self, only: Collection[str] | None = None) -> None:
         """Put every saved source back (or those named in ``only``), and undo what happened

@@ -243,6 +243,8 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
             seed = seed_for(item.nodeid, settings.seed)
         if seed is not None or settings.isolate:
             around.enter_context(fork_rng(seed=seed))
+            # A marked test runs in its own fork whatever the options: it cannot leak.
+            item.stash[_CANNOT_LEAK] = not settings.isolate
             if seed is None:
                 item.config.stash[_SESSION_START].put_back()
             around.callback(_stop_watch, item)
@@ -434,6 +436,8 @@ class _Watch:
 
 
 _WATCH = pytest.StashKey[_Watch]()
+_CANNOT_LEAK = pytest.StashKey[bool]()
+"""Set for a test that a marker runs in a fork of its own (``rng_seed``): its leak check is left out."""
 
 
 class _RngReport:
@@ -450,7 +454,8 @@ class _RngReport:
     def pytest_runtest_setup(self, item: pytest.Item) -> Generator[None, object, object]:
         if self._plugin_code is None:
             self._plugin_code = _installed_plugin_code(self._config)
-        item.stash[_WATCH] = _Watch(item.config.rootpath, self._leaks_checked, self._plugin_code)
+        check_leaks = self._leaks_checked and not item.stash.get(_CANNOT_LEAK, False)
+        item.stash[_WATCH] = _Watch(item.config.rootpath, check_leaks, self._plugin_code)
         return (yield)
 
     @pytest.hookimpl(wrapper=True, tryfirst=True)

@@ -360,6 +360,32 @@ def test_format_findings() -> None:
     assert FINDINGS_ATTRIBUTE == "rng_fork_findings"
 
 
+def test_a_test_that_a_marker_seeds_is_no_leak(pytester: pytest.Pytester) -> None:
+    # rng_seed runs the test in a fork of its own: what it draws never reaches the next test.
+    pytester.makepyfile(test_seeded=(
+        "import pytest\nimport torch\n\n@pytest.mark.rng_seed(0)\ndef test_seeded():\n    torch.rand(1)\n\n"
+        "def test_after():\n    pass\n"
+    ))
+    result = pytester.runpytest(*OFF, "--rng-report")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["1 of 2 test(s) drew from the global generators:",
+                                 "  test_seeded.py::test_seeded",
+                                 "0 test(s) left the global generators changed for the tests after them"])
+
+
+def test_what_a_seeded_fork_or_stream_seeds_is_not_the_tests_draw(pytester: pytest.Pytester) -> None:
+    # rng_fork seeds every source as the block opens (NumPy's unseen by 3.11's hooks): no draw of the test's.
+    pytester.makepyfile(test_streams=(
+        "import torch\nimport rng_fork\n\ndef test_stream(rng_stream):\n    with rng_stream:\n        torch.rand(1)\n"
+        "    with rng_fork.fork_rng(seed=0):\n        torch.rand(1)\n"
+    ))
+    result = pytester.runpytest(*OFF, "--rng-report")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["1 of 1 test(s) drew from the global generators:", "  test_streams.py::test_stream",
+                                 "    torch: 2 draws, first at test_streams.py:6 in test_stream (rand)"])
+    assert "numpy" not in result.stdout.str() and "python:" not in result.stdout.str()
+
+
 def test_a_drawing_test_counted_per_source(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_many="import torch\n\ndef test_many():\n    for _ in range(3):\n        torch.rand(1)\n")
     result = pytester.runpytest(*OFF, "--rng-report")

@@ -84,8 +84,8 @@ class Hub:
     def _install(self) -> None:
         self.functions.clear()
         self.functions.update(module_functions())
-        # Without it, what rng_fork puts back shows as unattributed changes.
-        self._uninstall.append(_swap.watch_loads(self._restoring))
+        # Without it, what rng_fork puts back or seeds shows as unattributed changes.
+        self._uninstall.append(_swap.watch_writes(self._restoring))
         if sys.version_info >= (3, 12):
             self._uninstall.append(install_monitoring(self))
         else:
