@@ -264,7 +264,13 @@ def _make_profile(
                         numpy_checkpoint(frame)
                         pending[0], pending[1] = frame, None
                         sink.call(owner_id, frame.f_code.co_name, kind, site_of(caller))
-            numpy_checkpoint(frame)
+            # numpy_checkpoint(frame), written out: this runs on every profile event.
+            if position is not None and (
+                position.value != seen[0] or first.value != seen[1] or gauss.value != seen[2]
+            ):
+                seen[:] = position.value, first.value, gauss.value
+                if not sink.quiet:
+                    sink.changed(lambda: site_of(frame))
         except Exception as exc:  # noqa: BLE001 - the traced program must never see the tracer fail
             sink.failed(exc)
         if forward is not None:
