@@ -16,8 +16,8 @@ import operator
 import warnings
 from collections.abc import Callable, Collection, Iterable, Sequence
 from threading import get_ident
-from types import CodeType
-from typing import Any, Generic, TypeVar
+from types import CodeType, TracebackType
+from typing import Any, ClassVar, Generic, TypeVar
 
 from ._compile import keep_dynamo_out
 from ._interrupts import MAIN_THREAD, _held, protected, release_held, shield, unshield
@@ -555,13 +555,33 @@ def warn_threads(frames_to_user: int) -> None:
 Prepare = Callable[[Saved], object]
 
 
+class Block:
+    """What a ``with`` opens as a block: ``fork_rng``, the calls of an ``@isolated`` function, a stream.
+
+    Its ``devices``, ``_extra`` and ``seed`` say what :func:`enter` saves and seeds, if it is
+    ``enabled`` as it is entered (a disabled ``fork_rng`` runs its block plain). A plain
+    fork's ``__enter__`` and ``__exit__`` are :func:`enter` and :func:`leave_opened` themselves:
+    no method of its own between the ``with`` and them, two frames fewer on every fork.
+    """
+
+    __slots__ = ()
+
+    devices: tuple[int, ...] | None
+    _extra: SourceSet
+    seed: int | None
+    enabled = True
+    frames_to_user: ClassVar[int] = 1
+    """How many frames ``enter`` is below the user's code (a warning's ``stacklevel``)."""
+
+
+B = TypeVar("B", bound=Block)
+
+
 @protected
-def enter(
-    opener: object, devices: Devices, extra: SourceSet, seed: int | None,
-    prepare: Prepare | None = None, *, guard: bool = True, frames_to_user: int = 2,
-) -> Saved:
-    """Open a block for ``opener``: save (and guard) every live source and ``extra``, then
-    ``prepare`` the block's own states (a stream's) or seed them if asked.
+def enter(opener: B, prepare: Prepare | None = None, *, seeded: bool = True, guard: bool = True) -> B:
+    """Open a block for ``opener``: save (and guard) every live source and ``opener._extra``,
+    then ``prepare`` the block's own states (a stream's) or, if ``seeded``, seed them from
+    ``opener.seed`` when it has one. Returns ``opener``: a plain fork's ``__enter__``.
 
     Either the block is open when this returns, or nothing changed: a failure undoes
     what was done. A SIGINT is held meanwhile and passed on at the end; if its handler
@@ -569,10 +589,14 @@ def enter(
 
     Example::
 
-        layer = enter(owner, None, NO_SOURCES, None)
+        enter(fork)             # fork_rng(...).__enter__()
         ...                     # draw from anything
-        leave(layer, None)    # every generator as it was
+        leave_opened(fork)      # every generator as it was
     """
+    if not opener.enabled:
+        return opener
+    devices = opener.devices
+    seed = opener.seed if seeded else None
     shielded = shield()
     layer: Saved | None = None
     try:
@@ -580,8 +604,8 @@ def enter(
         # one thread's, so another thread's block is on top if there is one at all.
         if _layers and not _warned_threads and _layers[-1].thread != get_ident():
             # First: a warning turned into an error must find nothing changed.
-            warn_threads(frames_to_user)
-        layer = take(devices, extra, guard, opener, shielded)
+            warn_threads(opener.frames_to_user)
+        layer = take(devices, opener._extra, guard, opener, shielded)
         if _orphans:  # the block on top may be an orphan, whose code is not running
             layer.inside = _running(layer.inside)
         if prepare is not None:
@@ -605,7 +629,7 @@ def enter(
         except BaseException as exc:
             leave(layer, exc)
             raise
-    return layer
+    return opener
 
 
 @protected
@@ -661,18 +685,28 @@ def _left_out_of_order(layer: Saved) -> None:
 
 
 @protected
-def leave_opened(opener: object, exc: BaseException | None) -> bool:
-    """Close the innermost block ``opener`` has open (see :func:`open_layer`); False if none is."""
+def leave_opened(
+    opener: object, exc_type: type[BaseException] | None = None, exc: BaseException | None = None,
+    traceback: TracebackType | None = None,
+) -> None:
+    """Close the innermost block ``opener`` has open (see :func:`open_layer`), if it has one.
+
+    Takes what ``__exit__`` takes: a plain fork's ``__exit__``. A failure to restore is
+    chained to the block's exception ``exc``.
+    """
     if _layers:
         top = _layers[-1]
         # open_layer's first case, without its call: this is every fork's exit.
         layer = top if top.opener is opener and top.thread == get_ident() else open_layer(opener)
         if layer is not None:
             leave(layer, exc)
-            return True
+            return
     if _held:
         release_held()
-    return False
+
+
+BLOCK_METHODS: dict[CodeType, str] = {enter.__code__: "__enter__", leave_opened.__code__: "__exit__"}
+"""The methods whose code is :func:`enter`'s or :func:`leave_opened`'s (a tracer names them)."""
 
 
 def open_layer(opener: object) -> Saved | None:

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from types import TracebackType
 from typing import Any, TypeVar
 
 from ._checks import check_devices, check_seed
-from ._interrupts import protected
-from ._swap import NO_SOURCES, enter, extra_sources, leave_opened
+from ._swap import NO_SOURCES, Block, enter, extra_sources, leave_opened
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-class fork_rng:  # noqa: N801 - named like torch.random.fork_rng, which it replaces
+class fork_rng(Block):  # noqa: N801 - named like torch.random.fork_rng, which it replaces
     """Fork every RNG for the duration of a block.
 
     On entry it captures Python's ``random``, NumPy's legacy global generator,
@@ -64,21 +62,10 @@ class fork_rng:  # noqa: N801 - named like torch.random.fork_rng, which it repla
         self.devices = None if devices is None else check_devices(devices)
         self._extra = NO_SOURCES if type(generators) is tuple and not generators else extra_sources(generators)
 
-    @protected
-    def __enter__(self) -> fork_rng:
-        if self.enabled:
-            enter(self, self.devices, self._extra, self.seed)
-        return self
-
-    @protected
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        # What was entered decides, not ``enabled`` now.
-        leave_opened(self, exc)
+    # The ``with`` calls them directly: a fork is on training loops' hot path. ``__exit__``
+    # closes what was entered, whatever ``enabled`` says now.
+    __enter__ = enter
+    __exit__ = leave_opened
 
     def __call__(self, fn: F) -> F:
         """Use as a decorator: every call (generator, coroutine) runs in its own fork.

@@ -19,6 +19,7 @@ from . import state
 from ._checks import SEED_LIMIT, check_devices, check_seed
 from ._interrupts import protected, release_held, shield, unshield
 from ._swap import (
+    Block,
     Prepare,
     Saved,
     SourceSet,
@@ -44,7 +45,7 @@ class _Steppable(Protocol):
     def close(self) -> Any: ...
 
 
-class RngStream:
+class RngStream(Block):
     """A persistent private random stream, entered with ``with`` or used as a decorator.
 
     On each entry the stream's own state is swapped in; on exit it is saved back
@@ -69,6 +70,8 @@ class RngStream:
 
         checkpoint["eval_rng"] = eval_rng.state_dict()
     """
+
+    frames_to_user = 2  # below __enter__
 
     def __init__(
         self,
@@ -105,10 +108,10 @@ class RngStream:
     def __enter__(self) -> RngStream:
         innermost = open_layer(self)
         if innermost is None:
-            enter(self, self.devices, self._extra, self.seed if self._own is None else None, self._put_in)
+            enter(self, self._put_in, seeded=self._own is None)
         else:
             # Open already (lower down): its states are where the blocks above it keep them.
-            enter(self, self.devices, self._extra, None, _not_capturing_then(homes_above(innermost)), guard=False)
+            enter(self, _not_capturing_then(homes_above(innermost)), seeded=False, guard=False)
         return self
 
     @protected
@@ -321,7 +324,7 @@ def _converted(entries: list[tuple[RngSource, Any]], devices: tuple[int, ...] | 
         release_held()
 
 
-class _CallFork:
+class _CallFork(Block):
     """The fork the calls of one ``@isolated`` function run in.
 
     Made once, with the function's wrapper, and entered by every call: like a
@@ -329,18 +332,14 @@ class _CallFork:
     and each exit closes the innermost block it opened in its thread.
     """
 
-    __slots__ = ("devices", "extra", "seed")
+    __slots__ = ("_extra", "devices", "seed")
+    frames_to_user = 2  # below the wrapper
 
     def __init__(self, devices: tuple[int, ...] | None, extra: SourceSet, seed: int | None) -> None:
-        self.devices, self.extra, self.seed = devices, extra, seed
+        self.devices, self._extra, self.seed = devices, extra, seed
 
-    @protected
-    def __enter__(self) -> None:
-        enter(self, self.devices, self.extra, self.seed, frames_to_user=3)
-
-    @protected
-    def __exit__(self, exc_type: object, exc: BaseException | None, traceback: object) -> None:
-        leave_opened(self, exc)
+    __enter__ = enter
+    __exit__ = leave_opened
 
 
 Context = Any  # anything with __enter__/__exit__

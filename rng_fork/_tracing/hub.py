@@ -195,7 +195,7 @@ class Hub:
     def _restoring(self, load_all: Callable[..., None]) -> Callable[..., None]:
         def load_all_traced(*args: Any, **kwargs: Any) -> None:
             caller = _api_frame(sys._getframe(1))
-            op = caller.f_code.co_qualname if hasattr(caller.f_code, "co_qualname") else caller.f_code.co_name
+            op = _op_of(caller)
             site = site_of(caller)
             with _lock:
                 self._checkpoint_all(site)
@@ -207,6 +207,16 @@ class Hub:
                     self._checkpoint_all(site, Pending("reseed", op, site))
 
         return load_all_traced
+
+
+def _op_of(frame: FrameType) -> str:
+    """The name of the rng_fork call running in ``frame``: a block's ``__enter__`` or ``__exit__``
+    is named after the block's class (fork_rng's are the mechanism's functions themselves)."""
+    code = frame.f_code
+    method = _swap.BLOCK_METHODS.get(code)
+    if method is not None:
+        return f"{type(frame.f_locals['opener']).__name__}.{method}"
+    return code.co_qualname if hasattr(code, "co_qualname") else code.co_name
 
 
 def _api_frame(frame: FrameType) -> FrameType:
