@@ -634,10 +634,37 @@ def enter(opener: B, prepare: Prepare | None = None, *, seeded: bool = True, gua
 
 @protected
 def leave(layer: Saved, exc: BaseException | None) -> None:
-    """Close a block: put back what it saved, then raise a SIGINT held meanwhile.
+    """Close the block ``layer`` (open or not yet pushed); see :func:`leave_opened`."""
+    leave_opened(layer.opener, None, exc, None, layer)
 
-    A failure to restore is chained to the block's exception ``exc``.
+
+def _left_out_of_order(layer: Saved) -> None:
+    global _orphans
+    if layer.orphan_of is not None:
+        _orphans -= 1
+    _orphan_inside(layer)
+
+
+@protected
+def leave_opened(
+    opener: object, exc_type: type[BaseException] | None = None, exc: BaseException | None = None,
+    traceback: TracebackType | None = None, layer: Saved | None = None,
+) -> None:
+    """Close ``layer``, else the innermost block ``opener`` has open (see :func:`open_layer`), if
+    it has one: put back what it saved, then raise a SIGINT held meanwhile.
+
+    Takes what ``__exit__`` takes: a plain fork's ``__exit__``. A failure to restore is
+    chained to the block's exception ``exc``.
     """
+    if layer is None:
+        if _layers:
+            top = _layers[-1]
+            # open_layer's first case, without its call: this is every fork's exit.
+            layer = top if top.opener is opener and top.thread == get_ident() else open_layer(opener)
+        if layer is None:
+            if _held:
+                release_held()
+            return
     try:
         try:
             if layer.homes is not None:
@@ -675,34 +702,6 @@ def leave(layer: Saved, exc: BaseException | None) -> None:
     finally:
         if _held:
             release_held()
-
-
-def _left_out_of_order(layer: Saved) -> None:
-    global _orphans
-    if layer.orphan_of is not None:
-        _orphans -= 1
-    _orphan_inside(layer)
-
-
-@protected
-def leave_opened(
-    opener: object, exc_type: type[BaseException] | None = None, exc: BaseException | None = None,
-    traceback: TracebackType | None = None,
-) -> None:
-    """Close the innermost block ``opener`` has open (see :func:`open_layer`), if it has one.
-
-    Takes what ``__exit__`` takes: a plain fork's ``__exit__``. A failure to restore is
-    chained to the block's exception ``exc``.
-    """
-    if _layers:
-        top = _layers[-1]
-        # open_layer's first case, without its call: this is every fork's exit.
-        layer = top if top.opener is opener and top.thread == get_ident() else open_layer(opener)
-        if layer is not None:
-            leave(layer, exc)
-            return
-    if _held:
-        release_held()
 
 
 BLOCK_METHODS: dict[CodeType, str] = {enter.__code__: "__enter__", leave_opened.__code__: "__exit__"}
