@@ -570,7 +570,7 @@ class Block:
     _extra: SourceSet
     seed: int | None
     enabled = True
-    frames_to_user: ClassVar[int] = 1
+    _frames_to_user: ClassVar[int] = 1
     """How many frames ``enter`` is below the user's code (a warning's ``stacklevel``)."""
 
 
@@ -604,7 +604,7 @@ def enter(opener: B, prepare: Prepare | None = None, *, seeded: bool = True, gua
         # one thread's, so another thread's block is on top if there is one at all.
         if _layers and not _warned_threads and _layers[-1].thread != get_ident():
             # First: a warning turned into an error must find nothing changed.
-            warn_threads(opener.frames_to_user)
+            warn_threads(opener._frames_to_user)
         layer = take(devices, opener._extra, guard, opener, shielded)
         if _orphans:  # the block on top may be an orphan, whose code is not running
             layer.inside = _running(layer.inside)

@@ -71,7 +71,7 @@ class RngStream(Block):
         checkpoint["eval_rng"] = eval_rng.state_dict()
     """
 
-    frames_to_user = 2  # below __enter__
+    _frames_to_user = 2  # below __enter__
 
     def __init__(
         self,
@@ -333,7 +333,7 @@ class _CallFork(Block):
     """
 
     __slots__ = ("_extra", "devices", "seed")
-    frames_to_user = 2  # below the wrapper
+    _frames_to_user = 2  # below the wrapper
 
     def __init__(self, devices: tuple[int, ...] | None, extra: SourceSet, seed: int | None) -> None:
         self.devices, self._extra, self.seed = devices, extra, seed

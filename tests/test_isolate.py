@@ -719,6 +719,22 @@ def test_a_stream_open_in_another_thread_warns() -> None:
         assert caught[0].filename == __file__
 
 
+@pytest.mark.usefixtures("thread_warning_reset")
+@pytest.mark.parametrize("kind", ["fork_rng", "isolated"])
+def test_the_thread_warning_points_at_the_users_line(kind: str) -> None:
+    @isolated
+    def call() -> None:
+        pass
+
+    with fork_open_in_another_thread(), pytest.warns(rng_fork.RngForkWarning, match="another thread") as caught:
+        if kind == "fork_rng":
+            with fork_rng():
+                pass
+        else:
+            call()
+    assert caught[0].filename == __file__
+
+
 def test_each_call_of_a_recursive_isolated_function_is_undone() -> None:
     seen: list[bool] = []
 
