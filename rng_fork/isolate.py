@@ -26,7 +26,6 @@ from ._swap import (
     enter,
     extra_sources,
     homes_above,
-    leave,
     leave_opened,
     live_sources,
     open_layer,
@@ -71,7 +70,11 @@ class RngStream(Block):
         checkpoint["eval_rng"] = eval_rng.state_dict()
     """
 
+    # Slots: a stream has no ``enabled`` of its own to switch off (the attribute is read-only).
+    __slots__ = ("__weakref__", "_extra", "_own", "devices", "seed")
     _frames_to_user = 2  # below __enter__
+    _own: Saved | None
+    """The stream's states while it is not open; None until it first runs."""
 
     def __init__(
         self,
@@ -93,8 +96,7 @@ class RngStream(Block):
         self.seed = seed
         self.devices = devices
         self._extra = extra
-        # The stream's states while it is not open; None until it first runs.
-        self._own: Saved | None = None
+        self._own = None
 
     @property
     def started(self) -> bool:
@@ -152,10 +154,10 @@ class RngStream(Block):
             try:
                 own = take(self.devices, self._extra, guard=False)
             except BaseException:
-                leave(layer, exc)
+                leave_opened(self, None, exc, None, layer)
                 raise
             self._own = own
-        leave(layer, exc)
+        leave_opened(self, None, exc, None, layer)
 
     def __call__(self, fn: F) -> F:
         """Decorate ``fn`` so every call (every generator or coroutine step) draws from this stream."""

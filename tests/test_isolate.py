@@ -694,6 +694,17 @@ def test_stream_bad_arguments() -> None:
         RngStream(generators=[1])
 
 
+def test_a_stream_has_no_enabled_switch_to_set() -> None:
+    # fork_rng's ``enabled`` is a stream's class attribute too (the mechanism reads it); set on
+    # a stream, it would turn entries into no-ops while exits still closed blocks.
+    stream = RngStream(seed=0)
+    with pytest.raises(AttributeError, match="read-only"):
+        stream.enabled = False  # type: ignore[misc]
+    with stream:
+        first = torch.rand(3)
+    with stream:
+        assert not torch.equal(torch.rand(3), first)
+
 # --- threads ---------------------------------------------------------------------
 
 
