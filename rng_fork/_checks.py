@@ -7,8 +7,7 @@ argument and what was wrong with it.
 from __future__ import annotations
 
 import operator
-from collections.abc import Iterable, Sequence
-from typing import cast
+from collections.abc import Iterable
 
 import numpy as np
 import torch
@@ -49,19 +48,22 @@ def check_devices(devices: Iterable[object] | None) -> tuple[int, ...] | None:
     """
     if devices is None:
         return None
-    # Plain non-negative ints, as a training loop passes them, checked without a call per index.
-    kind = type(devices)
-    if kind is range:
-        span = cast(range, devices)
-        if span.start >= 0 and span.step > 0:
-            return tuple(span)  # distinct, in order
-    elif kind is tuple or kind is list:
-        given = cast("Sequence[int]", devices)
-        for index in given:
+    # Plain non-negative ints, as a training loop passes them (often every step), checked without
+    # a call per index; in increasing order they are distinct without a dict to drop repeats.
+    if type(devices) is range:
+        if devices.start >= 0 and devices.step > 0:
+            return tuple(devices)  # distinct, in order
+    elif type(devices) is tuple or type(devices) is list:
+        last = -1
+        increasing = True
+        for index in devices:
             if type(index) is not int or index < 0:
                 break
+            if index <= last:
+                increasing = False
+            last = index
         else:
-            return tuple(given) if len(given) < 2 else tuple(dict.fromkeys(given))
+            return tuple(devices) if increasing else tuple(dict.fromkeys(devices))
     if isinstance(devices, (str, bytes, torch.device)) or not isinstance(devices, Iterable):
         raise TypeError(
             f"devices must be an iterable of device indices, not {type(devices).__name__}"
