@@ -705,6 +705,7 @@ def test_a_stream_has_no_enabled_switch_to_set() -> None:
     with stream:
         assert not torch.equal(torch.rand(3), first)
 
+
 # --- threads ---------------------------------------------------------------------
 
 
