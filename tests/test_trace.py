@@ -528,3 +528,34 @@ def test_summary_groups_and_report_tabulates_per_source() -> None:
     with trace() as empty:
         pass
     assert "no generator was consumed" in empty.report()
+
+
+class _Named:
+    def method(self) -> Any:
+        return sys._getframe()
+
+    @classmethod
+    def from_class(cls) -> Any:
+        return sys._getframe()
+
+
+class _Inherits(_Named):
+    pass
+
+
+def _module_function() -> Any:
+    return sys._getframe()
+
+
+def test_reseeds_are_named_by_qualified_name_on_python_310_too() -> None:
+    """Python 3.10's code objects have no co_qualname: a method's class is found from its first argument."""
+    from rng_fork._tracing.hub import method_qualname
+
+    frames = {
+        "_Named.method": _Inherits().method(),  # the class that defines it, as co_qualname says
+        "_Named.from_class": _Inherits.from_class(),
+        "_module_function": _module_function(),
+    }
+    for expected, frame in frames.items():
+        assert method_qualname(frame) == expected
+        assert getattr(frame.f_code, "co_qualname", expected) == expected

@@ -216,7 +216,21 @@ def _op_of(frame: FrameType) -> str:
     method = _swap.BLOCK_METHODS.get(code)
     if method is not None:
         return f"{type(frame.f_locals['opener']).__name__}.{method}"
-    return code.co_qualname if hasattr(code, "co_qualname") else code.co_name
+    return code.co_qualname if hasattr(code, "co_qualname") else method_qualname(frame)
+
+
+def method_qualname(frame: FrameType) -> str:
+    """``frame``'s function named as ``co_qualname`` (3.11+) names it, for a method or a module's
+    function: Python 3.10's code objects know their name only, so a method's class is found from
+    its first argument (``self`` or ``cls``)."""
+    code = frame.f_code
+    if code.co_argcount and code.co_varnames[0] in ("self", "cls"):
+        first = frame.f_locals.get(code.co_varnames[0])
+        for klass in (first if isinstance(first, type) else type(first)).__mro__:
+            attribute = vars(klass).get(code.co_name)
+            if getattr(getattr(attribute, "__func__", attribute), "__code__", None) is code:
+                return f"{klass.__qualname__}.{code.co_name}"
+    return code.co_name
 
 
 def _api_frame(frame: FrameType) -> FrameType:
