@@ -7,6 +7,7 @@ from typing import Any, TypeVar
 
 from ._checks import check_devices, check_seed
 from ._swap import NO_SOURCES, Block, enter, extra_sources, leave_opened
+from .sources import objects_of
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -84,5 +85,17 @@ class fork_rng(Block):  # noqa: N801 - named like torch.random.fork_rng, which i
             return fn
         return isolate_checked(fn, self.seed, self.devices, self._extra)
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Rebuilt from its arguments: its sources hold views of its generators' memory, so a
+        # copy made field by field would fork the original generators, not the copies of them.
+        return (_fork_from, (self.seed, self.enabled, self.devices, objects_of(self._extra.sources)))
+
     def __repr__(self) -> str:
         return f"fork_rng(seed={self.seed}, enabled={self.enabled}, devices={self.devices})"
+
+
+def _fork_from(
+    seed: int | None, enabled: bool, devices: tuple[int, ...] | None, generators: list[object]
+) -> fork_rng:
+    """A ``fork_rng`` from what :meth:`fork_rng.__reduce__` keeps (pickle and copy call it)."""
+    return fork_rng(seed, enabled=enabled, devices=devices, generators=generators or ())

@@ -32,7 +32,7 @@ from ._swap import (
     restore_all,
     take,
 )
-from .sources import RngSource, is_device_part
+from .sources import RngSource, is_device_part, objects_of
 
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
@@ -225,8 +225,25 @@ class RngStream(Block):
         self.seed = seed
         return targets.report(warn_from=2)
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Rebuilt from its arguments and state_dict(): its sources hold views of its generators'
+        # memory, so a copy made field by field would swap the original generators (and share
+        # the saved states), not the copies of them.
+        if self._is_open():
+            raise RuntimeError("cannot copy or pickle an RngStream while it is active: do it outside the stream")
+        return (_stream_from, (self.seed, self.devices, objects_of(self._extra.sources), self.state_dict()))
+
     def __repr__(self) -> str:
         return f"RngStream(seed={self.seed}, started={self.started})"
+
+
+def _stream_from(
+    seed: int | None, devices: tuple[int, ...] | None, generators: list[object], state_dict: dict[str, Any]
+) -> RngStream:
+    """An ``RngStream`` from what :meth:`RngStream.__reduce__` keeps (pickle and copy call it)."""
+    stream = RngStream(seed, devices=devices, generators=generators)
+    stream.load_state_dict(state_dict)
+    return stream
 
 
 @overload

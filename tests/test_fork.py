@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import pickle
 import random
 import warnings
 from collections.abc import Callable, Iterator
@@ -474,6 +476,34 @@ def test_restore_failure_restores_the_rest_and_chains() -> None:
 
 def test_repr() -> None:
     assert "seed=3" in repr(fork_rng(seed=3))
+
+
+@pytest.mark.parametrize("copier", [copy.deepcopy, lambda fork: pickle.loads(pickle.dumps(fork))])
+def test_a_copied_fork_has_the_same_arguments_and_forks_the_copied_generators(
+    copier: Callable[[Any], Any],
+) -> None:
+    g = torch.Generator().manual_seed(7)
+    holder = {"g": g, "fork": fork_rng(seed=3, enabled=False, devices=[]), "with_g": fork_rng(generators=[g])}
+    clone = copier(holder)
+    assert (clone["fork"].seed, clone["fork"].enabled, clone["fork"].devices) == (3, False, ())
+    copied_g = clone["g"]
+    assert copied_g is not g
+    before, copied_before = g.get_state(), copied_g.get_state()
+    with clone["with_g"]:
+        torch.rand(3, generator=copied_g)
+        g_after_copy_drew = g.get_state()
+        torch.rand(3, generator=g)  # not the copy's to protect
+    assert torch.equal(copied_g.get_state(), copied_before)
+    assert torch.equal(g_after_copy_drew, before) and not torch.equal(g.get_state(), before)
+
+
+def test_only_generator_objects_sources_name_their_objects() -> None:
+    from rng_fork.sources import objects_of, sources_of
+
+    g, r = torch.Generator(), random.Random(0)
+    assert objects_of(sources_of([g, r])) == [g, r]
+    with pytest.raises(TypeError, match="not the source of a generator object"):
+        objects_of((ValueSource("value"),))
 
 
 def test_registering_a_source_after_a_fork_is_seen_by_the_next() -> None:

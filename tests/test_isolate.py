@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import functools
 import inspect
 import io
+import pickle
 import random
 import threading
 import warnings
@@ -685,6 +687,61 @@ def test_stream_load_still_refuses_parts_it_cannot_place() -> None:
     with pytest.raises(ValueError, match="'pyhton' does not exist"):
         RngStream(seed=1, generators=[torch.Generator()]).load_state_dict(sd)
     assert not plain.started
+
+
+class _Holder:
+    """What a model is to a stream: an object holding it and the generator it forks."""
+
+    def __init__(self, seed: int | None) -> None:
+        self.g = torch.Generator().manual_seed(7)
+        self.r = random.Random(8)
+        self.stream = RngStream(seed=seed, generators=[self.g, self.r])
+
+    def draw(self) -> tuple[Any, ...]:
+        with self.stream:
+            return (*draw_all(), torch.rand(2, generator=self.g).tolist(), self.r.random())
+
+
+def _through_pickle(obj: Any) -> Any:
+    return pickle.loads(pickle.dumps(obj))
+
+
+def _through_torch_save(obj: Any) -> Any:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=False)
+
+
+@pytest.mark.parametrize("copier", [copy.deepcopy, _through_pickle, _through_torch_save])
+@pytest.mark.parametrize("seed", [None, 3])
+@pytest.mark.parametrize("started", [False, True])
+def test_a_copied_stream_goes_on_like_the_original_and_forks_the_copied_generators(
+    copier: Callable[[Any], Any], seed: int | None, started: bool
+) -> None:
+    seed_globals(0)
+    original = _Holder(seed)
+    if started:
+        original.draw()
+    clone = copier(original)
+    assert clone.stream is not original.stream and clone.g is not original.g
+    # The copy's block draws from the copy's generators and puts them back; the original's are not touched.
+    seed_globals(1)
+    originals = rng_fork.get_rng_state(generators=[original.g, original.r])
+    clones = rng_fork.get_rng_state(generators=[clone.g, clone.r])
+    got = clone.draw()
+    assert rng_fork.get_rng_state(generators=[clone.g, clone.r]) == clones
+    assert rng_fork.get_rng_state(generators=[original.g, original.r]) == originals
+    assert original.draw() == got  # from the same states, the same draws
+    assert clone.stream.seed == seed
+
+
+def test_an_active_stream_refuses_to_be_copied() -> None:
+    stream = RngStream(seed=0)
+    with stream:
+        for copier in (copy.copy, copy.deepcopy, pickle.dumps):
+            with pytest.raises(RuntimeError, match="active"):
+                copier(stream)
 
 
 def test_stream_bad_arguments() -> None:

@@ -19,7 +19,7 @@ from .registry import (
     source_family,
     unregister_source,
 )
-from .resolve import GENERATOR_PREFIX, generator_objects, generator_sources, sources_of
+from .resolve import GENERATOR_PREFIX, generator_objects, generator_sources, objects_of, sources_of
 from .torch_generators import TorchGeneratorSource, TorchState
 
 __all__ = [
@@ -48,6 +48,7 @@ __all__ = [
     "generator_objects",
     "generator_sources",
     "is_device_part",
+    "objects_of",
     "register_source",
     "registered_families",
     "registered_sources",

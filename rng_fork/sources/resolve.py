@@ -17,7 +17,7 @@ from .base import RngSource
 from .bit_generators import BitGeneratorSource
 from .devices import DeviceGeneratorSource
 from .numpy_legacy import RandomStateSource
-from .python import python_source
+from .python import ObjectSource, python_source
 from .torch_generators import TorchGeneratorSource
 
 GENERATOR_PREFIX = "generator"
@@ -118,6 +118,17 @@ def generator_sources(generators: object) -> tuple[RngSource, ...]:
 def sources_of(objects: list[object]) -> tuple[RngSource, ...]:
     """Sources for the distinct generator objects :func:`generator_objects` found, named by position."""
     return tuple(_source_for(f"{GENERATOR_PREFIX}:{i}", obj) for i, obj in enumerate(objects))
+
+
+def objects_of(sources: tuple[RngSource, ...]) -> list[object]:
+    """The generator objects that :func:`sources_of` made ``sources`` for: what a copy of a
+    fork or stream is rebuilt from, so that it forks the copies of its generators."""
+    objects = []
+    for source in sources:
+        if not isinstance(source, ObjectSource):
+            raise TypeError(f"{source!r} is not the source of a generator object")
+        objects.append(source.obj)
+    return objects
 
 
 def _source_for(name: str, obj: object) -> RngSource:
