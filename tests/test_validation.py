@@ -128,17 +128,39 @@ def test_snapshots_built_or_unpickled_with_bad_positions_are_refused(kind: str, 
         pickle.loads(forged)
 
 
+@pytest.mark.parametrize("position", [0, 1, 4, 5, 2**31 - 1])
+def test_a_philox_buffer_position_is_taken_exactly_where_this_numpys_setter_takes_it(position: int) -> None:
+    # NumPy 2.5 refuses positions its own draws never leave (0, past the end); earlier ones take them.
+    probe = np.random.Philox(0)
+    try:
+        probe.state = {**probe.state, "buffer_pos": position}
+        numpy_takes = True
+    except ValueError:
+        numpy_takes = False
+    rng = _drawn(np.random.Philox)
+    part = _frozen_with(get_rng_state(generators=[rng]).part("generator:0"), "buffer_pos", position)
+    parts = {"generator:0": ("numpy.random.BitGenerator", part)}
+    if numpy_takes:
+        set_rng_state(RngState(parts), generators=[rng], strict=False)
+        assert rng.bit_generator.state["buffer_pos"] == position
+    else:
+        with refused_unchanged(ValueError, "'buffer_pos' must be in", generators=[rng]):
+            set_rng_state(RngState(parts), generators=[rng], strict=False)
+
+
 @pytest.mark.parametrize("kind", BIT_GENERATORS, ids=lambda k: k.__name__)
 def test_states_numpy_keeps_round_trip_exactly(kind: type[np.random.BitGenerator]) -> None:
     # Values NumPy's setter takes and draws from safely, though its own draws never leave them:
     # a flag of 2 (any nonzero one means "a half-word is cached"), a Philox buffer position past the
-    # end (it refills), an even PCG64 increment.
+    # end (it refills; NumPy 2.5 and later refuse one), an even PCG64 increment.
+    from rng_fork.sources.bit_generators import SCHEMAS
+
     rng = _drawn(kind)
     state = rng.bit_generator.state
     if "has_uint32" in state:
         state["has_uint32"], state["uinteger"] = 2, 123
     if kind is np.random.Philox:
-        state["buffer_pos"] = 7
+        state["buffer_pos"] = min(7, SCHEMAS["Philox"]["buffer_pos"].high)
     if kind in (np.random.PCG64, np.random.PCG64DXSM):
         state["state"]["inc"] -= 1
     rng.bit_generator.state = state

@@ -59,17 +59,33 @@ _U128 = _Int(0, 2**128 - 1)
 _FLAG = _Int(-(2**31), 2**31 - 1)
 _PCG = {"state": {"state": _U128, "inc": _U128}, "has_uint32": _FLAG, "uinteger": _U32}
 
+
+def _philox_positions() -> _Int:
+    """The buffer positions this NumPy's Philox setter takes, asked of a probe: any non-negative
+    C int before NumPy 2.5 (it reads ``buffer[buffer_pos]`` below 4 and refills the buffer at any
+    larger value), 1 to 4 since (the positions its own draws leave)."""
+    probe = np.random.Philox(0)
+    state = probe.state
+
+    def taken(position: int) -> bool:
+        try:
+            probe.state = {**state, "buffer_pos": position}
+        except ValueError:
+            return False
+        return True
+
+    return _Int(0 if taken(0) else 1, 2**31 - 1 if taken(5) else 4)
+
 SCHEMAS: dict[str, dict[str, Any]] = {
     # Each class's fields in the order its getter returns them (a part's canonical order).
     # MT19937 reads key[pos] before it regenerates at pos == 624.
     "MT19937": {"state": {"key": _Words(32, 624), "pos": _Int(0, 624)}},
     "PCG64": _PCG,
     "PCG64DXSM": _PCG,
-    # Philox reads buffer[buffer_pos] while buffer_pos < 4 and refills the buffer at any larger value.
     "Philox": {
         "state": {"counter": _Words(64, 4), "key": _Words(64, 2)},
         "buffer": _Words(64, 4),
-        "buffer_pos": _Int(0, 2**31 - 1),
+        "buffer_pos": _philox_positions(),
         "has_uint32": _FLAG,
         "uinteger": _U32,
     },
