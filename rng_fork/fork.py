@@ -95,7 +95,7 @@ class fork_rng(Block):  # noqa: N801 - named like torch.random.fork_rng, which i
 
 
 def _fork_from(
-    seed: int | None, enabled: bool, devices: tuple[int, ...] | None, generators: list[object]
+    seed: int | None, enabled: bool, devices: tuple[int, ...] | None, generators: tuple[object, ...]
 ) -> fork_rng:
     """A ``fork_rng`` from what :meth:`fork_rng.__reduce__` keeps (pickle and copy call it)."""
-    return fork_rng(seed, enabled=enabled, devices=devices, generators=generators or ())
+    return fork_rng(seed, enabled=enabled, devices=devices, generators=generators)

@@ -238,7 +238,7 @@ class RngStream(Block):
 
 
 def _stream_from(
-    seed: int | None, devices: tuple[int, ...] | None, generators: list[object], state_dict: dict[str, Any]
+    seed: int | None, devices: tuple[int, ...] | None, generators: tuple[object, ...], state_dict: dict[str, Any]
 ) -> RngStream:
     """An ``RngStream`` from what :meth:`RngStream.__reduce__` keeps (pickle and copy call it)."""
     stream = RngStream(seed, devices=devices, generators=generators)

@@ -501,7 +501,7 @@ def test_only_generator_objects_sources_name_their_objects() -> None:
     from rng_fork.sources import objects_of, sources_of
 
     g, r = torch.Generator(), random.Random(0)
-    assert objects_of(sources_of([g, r])) == [g, r]
+    assert objects_of(sources_of([g, r])) == (g, r)
     with pytest.raises(TypeError, match="not the source of a generator object"):
         objects_of((ValueSource("value"),))
 

@@ -76,6 +76,7 @@ def _philox_positions() -> _Int:
 
     return _Int(0 if taken(0) else 1, 2**31 - 1 if taken(5) else 4)
 
+
 SCHEMAS: dict[str, dict[str, Any]] = {
     # Each class's fields in the order its getter returns them (a part's canonical order).
     # MT19937 reads key[pos] before it regenerates at pos == 624.

@@ -120,7 +120,7 @@ def sources_of(objects: list[object]) -> tuple[RngSource, ...]:
     return tuple(_source_for(f"{GENERATOR_PREFIX}:{i}", obj) for i, obj in enumerate(objects))
 
 
-def objects_of(sources: tuple[RngSource, ...]) -> list[object]:
+def objects_of(sources: tuple[RngSource, ...]) -> tuple[object, ...]:
     """The generator objects that :func:`sources_of` made ``sources`` for: what a copy of a
     fork or stream is rebuilt from, so that it forks the copies of its generators."""
     objects = []
@@ -128,7 +128,7 @@ def objects_of(sources: tuple[RngSource, ...]) -> list[object]:
         if not isinstance(source, ObjectSource):
             raise TypeError(f"{source!r} is not the source of a generator object")
         objects.append(source.obj)
-    return objects
+    return tuple(objects)
 
 
 def _source_for(name: str, obj: object) -> RngSource:
