@@ -16,6 +16,16 @@ installed handler is a Python callable (SIGINT ignored or at its default
 action raises nothing); afterwards the previous handler is put back, unless
 the program installed another one meanwhile.
 
+It goes in and out through the interpreter's SIGINT slot, where that is found
+and verified (:mod:`rng_fork._sigint_slot`): the same change ``signal.signal``
+makes between two Python handlers, without its ``sigaction`` system call
+(elsewhere, ``signal.signal``). The slot owns a reference to its handler. One to
+rng_fork's is held from the moment the slot is found and lent to the slot while
+rng_fork's is in it; the program's handler keeps the one the slot had, and has
+it back with its place. A program that sets a handler meanwhile makes CPython
+give up the slot's reference to rng_fork's: the block's end holds a new one and
+drops the kept one of the handler no longer in the slot.
+
 Example::
 
     shielded = shield()
@@ -32,6 +42,8 @@ from collections.abc import Callable
 from threading import get_ident, main_thread
 from types import CodeType, FrameType
 from typing import Any, TypeVar, cast
+
+from . import _sigint_slot as sigint_slot
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -50,6 +62,13 @@ _open = 0
 
 _previous: Any = None
 """The handler rng_fork's stands in front of while installed."""
+
+_slot: memoryview | None = None
+"""The interpreter's SIGINT handler slot, written instead of calling ``signal.signal`` once found
+(see :mod:`rng_fork._sigint_slot`): looked for at the first install, then fixed for the process."""
+
+_slot_info: str | None = None
+"""What looking for the slot found (None: not looked for yet)."""
 
 
 def protected(fn: F) -> F:
@@ -83,12 +102,37 @@ def shield() -> bool:
         # Still installed (a block ended in another thread): it passes on to _previous as before.
         if current is not _handler and callable(current):
             _previous = current
-            try:
-                _signal.signal(_SIGINT, _handler)
-            except (ValueError, OSError):  # a subinterpreter cannot set handlers: nothing to protect there
-                _previous = None
+            if _slot is not None:
+                # The table's reference to current stays counted while _handler stands in its
+                # place (with _handler's own, held since the slot was found), and goes back with it.
+                _slot[0] = _HANDLER_ADDRESS
+            else:
+                _install()
     _open += 1
     return True
+
+
+def _install() -> None:
+    """Install the handler through ``signal.signal``, after looking for the slot the first time."""
+    global _previous
+    if _slot_info is None:
+        _look_for_slot(_previous)
+        if _slot is not None:
+            _slot[0] = _HANDLER_ADDRESS
+            return
+    try:
+        _signal.signal(_SIGINT, _handler)
+    except (ValueError, OSError):  # a subinterpreter cannot set handlers: nothing to protect there
+        _previous = None
+
+
+def _look_for_slot(current: Any) -> None:
+    """Find the slot, with ``current`` installed; from then on ``_handler``'s reference in the
+    table is one held here (:func:`sigint_slot.hold`), whether or not it is installed."""
+    global _slot, _slot_info
+    _slot, _slot_info = sigint_slot.find(current)
+    if _slot is not None:
+        sigint_slot.hold(_handler)
 
 
 def unshield(shielded: bool) -> None:
@@ -101,13 +145,21 @@ def unshield(shielded: bool) -> None:
     if not _open and _previous is not None:
         # Put back first, forget after: a SIGINT in between still finds a handler to pass on to.
         if _signal.getsignal(_SIGINT) is _handler:
-            try:
-                _signal.signal(_SIGINT, _previous)
-            except ValueError:
-                # Only the main thread can set a handler (asking it which thread this is costs
-                # more): a block that ended in another thread leaves it in place, passing
-                # everything on, until the main thread's next block ends.
-                return
+            if _slot is not None:
+                _slot[0] = id(_previous)
+            else:
+                try:
+                    _signal.signal(_SIGINT, _previous)
+                except ValueError:
+                    # Only the main thread can set a handler (asking it which thread this is costs
+                    # more): a block that ended in another thread leaves it in place, passing
+                    # everything on, until the main thread's next block ends.
+                    return
+        elif _slot is not None:
+            # The program set a handler through signal.signal, which gave up the table's
+            # reference to _handler: hold one again. _previous's stays counted: drop it.
+            sigint_slot.hold(_handler)
+            sigint_slot.release(_previous)
         _previous = None
 
 
@@ -127,11 +179,26 @@ def release_held() -> None:
             handler(_SIGINT, frame)
 
 
+def slot_info() -> str:
+    """How rng_fork's handler goes in and out: through the verified slot or ``signal.signal``.
+
+    Looks for the slot if no block has yet (in the main thread, where a Python handler is installed).
+    """
+    if _slot_info is None and not _open and get_ident() == MAIN_THREAD:
+        current = _signal.getsignal(_SIGINT)
+        if callable(current) and current is not _handler:
+            _look_for_slot(current)
+    return _slot_info or "not looked for yet: at the first block in the main thread under a Python SIGINT handler"
+
+
 def installed() -> bool:
     """Whether rng_fork's handler is the SIGINT handler now."""
     return _signal.getsignal(_SIGINT) is _handler
 
 
+_HANDLER_ADDRESS = id(_handler)
+
 protected(_handler)
 protected(shield)
+protected(_install)
 protected(unshield)

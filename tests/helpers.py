@@ -202,6 +202,34 @@ class Unseen(RngFamily):
         pass
 
 
+# --- the SIGINT handler's two ways in -------------------------------------------------------
+
+HANDLER_PATHS = ("slot", "signal.signal")
+"""How rng_fork's SIGINT handler goes in and out: the verified slot, or the official call."""
+
+
+@contextmanager
+def handler_path(path: str) -> Iterator[None]:
+    """rng_fork's SIGINT handler installed through ``path`` (one of :data:`HANDLER_PATHS`) for the
+    block; the slot's path skips where it is not found here (or ``RNG_FORK_PORTABLE`` is set)."""
+    from rng_fork import _interrupts
+
+    assert _interrupts._open == 0, "switched only while no block is open"
+    info = _interrupts.slot_info()
+    if path == "slot":
+        if _interrupts._slot is None:
+            pytest.skip(f"the SIGINT slot: {info}")
+        yield
+        return
+    slot = _interrupts._slot
+    _interrupts._slot, _interrupts._slot_info = None, "off for this test"
+    try:
+        yield
+    finally:
+        assert _interrupts._open == 0
+        _interrupts._slot, _interrupts._slot_info = slot, info
+
+
 # --- threads and process groups -----------------------------------------------------------
 
 

@@ -28,7 +28,7 @@ import torch
 import rng_fork
 from rng_fork import RngStream, _interrupts, _swap, fork_rng, isolated
 
-from .helpers import ValueSource, assert_invisible, registered, seed_globals
+from .helpers import HANDLER_PATHS, ValueSource, assert_invisible, handler_path, registered, seed_globals
 
 PACKAGE = rng_fork.__file__.rsplit("/", 1)[0]
 
@@ -410,6 +410,14 @@ def test_a_failure_and_an_interrupt_are_both_reported() -> None:
     assert sorted(caught.value.__context__.failures) == ["broken"]
 
 
+@pytest.fixture(params=HANDLER_PATHS)
+def path(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Each way rng_fork's handler goes in and out, in turn."""
+    with handler_path(request.param):
+        yield request.param
+
+
+@pytest.mark.usefixtures("path")
 def test_the_handler_is_installed_only_while_a_block_is_open() -> None:
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     with fork_rng():
@@ -420,6 +428,7 @@ def test_the_handler_is_installed_only_while_a_block_is_open() -> None:
     assert_settled()
 
 
+@pytest.mark.usefixtures("path")
 def test_a_handler_the_program_installs_meanwhile_is_kept_and_called() -> None:
     calls: list[int] = []
 
@@ -439,6 +448,7 @@ def test_a_handler_the_program_installs_meanwhile_is_kept_and_called() -> None:
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
+@pytest.mark.usefixtures("path")
 def test_an_ignored_sigint_is_left_alone() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
@@ -449,6 +459,7 @@ def test_an_ignored_sigint_is_left_alone() -> None:
     assert_settled()
 
 
+@pytest.mark.usefixtures("path")
 def test_blocks_in_other_threads_install_nothing() -> None:
     seen: list[object] = []
 
@@ -463,6 +474,7 @@ def test_blocks_in_other_threads_install_nothing() -> None:
     assert_settled()
 
 
+@pytest.mark.usefixtures("path")
 def test_a_second_sigint_while_one_is_held_goes_through() -> None:
     source = _InterruptedOnce()
     original = source.load
@@ -576,17 +588,23 @@ def walk_tb(exc: BaseException) -> Iterator[tuple[FrameType, int]]:
     return traceback.walk_tb(exc.__traceback__)
 
 
-def test_a_block_left_in_another_thread_leaves_a_handler_that_passes_everything_on() -> None:
+def test_a_block_left_in_another_thread_puts_the_handler_back_or_leaves_one_that_passes_everything_on(
+    path: str,
+) -> None:
     def body() -> Iterator[None]:
         with fork_rng():
             yield
 
     steps = body()
     next(steps)  # entered in the main thread
-    finisher = threading.Thread(target=lambda: next(steps, None))  # left in another, which cannot set handlers
+    finisher = threading.Thread(target=lambda: next(steps, None))  # left in another
     finisher.start()
     finisher.join()
-    assert not _swap._layers and _interrupts.installed()
+    assert not _swap._layers
+    if path == "slot":  # written from any thread
+        assert_settled()
+        return
+    assert _interrupts.installed()  # signal.signal refuses in other threads
     with pytest.raises(KeyboardInterrupt):
         signal.raise_signal(signal.SIGINT)
     with fork_rng():

@@ -1,0 +1,222 @@
+"""A verified view of CPython's SIGINT handler slot: rng_fork's handler in and out without system calls.
+
+``signal.signal(SIGINT, handler)`` makes a ``sigaction`` system call each time,
+even between two Python callables, where the C-level handler stays the same
+and only the interpreter's table entry (the object ``signal.getsignal`` returns)
+changes. An outermost block installs rng_fork's handler and puts the program's
+back: two such calls, about a fifth of a fork's time on the hosts measured.
+Writing the table entry itself does the same without them.
+
+Nothing about the table is assumed. It is found on two probe handlers set
+through the official API: the one pointer-sized word in the interpreter's
+writable memory (the executable's or libpython's data, their bss) that holds
+the first probe, then the second after ``signal.signal``; then writing each
+probe there must make ``signal.getsignal`` return it, the reference counts of
+the probes must end where they began, and the program's own handler is put
+back through the official API. Any mismatch, anything unexpected, and the slot
+is not used: rng_fork calls ``signal.signal`` as before.
+
+Off under ``RNG_FORK_PORTABLE=1``, outside CPython on Linux (the memory map
+comes from ``/proc/self/maps``), on free-threaded builds and where pointers
+are not 8 bytes. The table holds a reference to its handler: how a writer
+keeps the counts right is said in :mod:`rng_fork._interrupts`.
+
+Example::
+
+    slot, why = find(signal.getsignal(signal.SIGINT))
+    if slot is not None:
+        slot[0] = id(handler)   # what signal.signal(SIGINT, handler) would do, minus the system call
+"""
+
+from __future__ import annotations
+
+import _signal  # type: ignore[import-not-found]  # what _interrupts calls: signal.getsignal converts to enums
+import ctypes
+import os
+import struct
+import sys
+import sysconfig
+from collections.abc import Callable, Iterator
+from typing import Any, NamedTuple
+
+_SIGINT = int(_signal.SIGINT)
+_WORD = 8
+_TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
+_ET_DYN, _PT_LOAD, _PF_W = 3, 1, 2  # from <elf.h>
+
+
+class _UnusableError(Exception):
+    """The slot cannot be found or verified here."""
+
+
+class _Mapping(NamedTuple):
+    start: int
+    end: int
+    readable: bool
+    offset: int
+    path: str
+
+
+def _mappings() -> list[_Mapping]:
+    with open("/proc/self/maps", encoding="ascii", errors="replace") as maps:
+        lines = maps.read().splitlines()
+    found = []
+    for line in lines:
+        fields = line.split(None, 5)
+        start, end = (int(bound, 16) for bound in fields[0].split("-"))
+        path = fields[5].strip() if len(fields) > 5 else ""
+        found.append(_Mapping(start, end, fields[1].startswith("r"), int(fields[2], 16), path))
+    return found
+
+
+def _writable_segments(path: str) -> tuple[int | None, list[tuple[int, int]]]:
+    """Where the ELF file at ``path`` links its first segment if it is position-independent (None:
+    it is loaded where it is linked), and ``(address, size)`` of each segment it loads writable
+    (data, then bss), as linked."""
+    with open(path, "rb") as elf:
+        header = elf.read(64)
+        if header[:4] != b"\x7fELF" or header[4] != 2 or header[5] != 1:
+            raise _UnusableError(f"{path} is not a 64-bit little-endian ELF file")
+        (kind,) = struct.unpack_from("<H", header, 16)
+        (table_at,) = struct.unpack_from("<Q", header, 32)
+        entry_size, entries = struct.unpack_from("<HH", header, 54)
+        elf.seek(table_at)
+        table = elf.read(entry_size * entries)
+    segments, first = [], None
+    for index in range(entries):
+        kind_of, flags, _, address, _, _, size, _ = struct.unpack_from("<IIQQQQQQ", table, index * entry_size)
+        if kind_of == _PT_LOAD:
+            first = address if first is None else first
+            if flags & _PF_W:
+                segments.append((address, size))
+    if first is None:
+        raise _UnusableError(f"{path} loads no segment")
+    return (first if kind == _ET_DYN else None), segments
+
+
+def _interpreter_memory() -> Iterator[tuple[int, int]]:
+    """``(start, end)`` of the writable segments (data and bss) of the interpreter's executable
+    and of a libpython it loaded, where the handler table lives; exactly those, read from their ELF
+    headers, so that no mapping another thread may unmap meanwhile is read."""
+    mappings = _mappings()
+    executable = os.path.realpath(sys.executable)
+    paths = {m.path for m in mappings if m.path.startswith("/")}
+    ours = sorted(p for p in paths if os.path.realpath(p) == executable or os.path.basename(p).startswith("libpython"))
+    for path in ours:
+        first, segments = _writable_segments(path)
+        base = 0 if first is None else min(m.start for m in mappings if m.path == path and m.offset == 0) - first
+        for address, size in segments:
+            start, end = base + address, base + address + size
+            covered = start
+            for m in sorted(mappings):
+                if m.start <= covered < m.end and m.readable:
+                    covered = m.end
+            if covered < end:
+                raise _UnusableError(f"{path}'s segment at {start:#x} is not mapped readable")
+            yield start, end
+
+
+def _words_holding(value: int) -> list[int]:
+    """The addresses of the aligned words in the interpreter's memory that hold ``value``."""
+    needle = value.to_bytes(_WORD, sys.byteorder)
+    found = []
+    for start, end in _interpreter_memory():
+        memory = ctypes.string_at(start, end - start)
+        at = memory.find(needle)
+        while at != -1:
+            if at % _WORD == 0:
+                found.append(start + at)
+            at = memory.find(needle, at + 1)
+    return found
+
+
+def _view(address: int) -> memoryview:
+    return memoryview((ctypes.c_char * _WORD).from_address(address)).cast("B").cast("Q")
+
+
+def _put_back(current: Callable[..., Any]) -> None:
+    """``signal.signal(SIGINT, current)``, done even when a SIGINT pending meanwhile makes it raise
+    first (it runs pending handlers before it sets one); that interrupt is raised afterwards."""
+    interrupt: BaseException | None = None
+    for _ in range(3):
+        try:
+            _signal.signal(_SIGINT, current)
+        except BaseException as exc:
+            if isinstance(exc, Exception):  # refused: trying again changes nothing
+                raise
+            interrupt = interrupt or exc  # raised below, once the handler is back
+            continue
+        break
+    if interrupt is not None:
+        raise interrupt
+
+
+def _probe(current: Callable[..., Any]) -> tuple[memoryview, int]:
+    """Find and verify the slot (its view and address); ``current``, the installed SIGINT
+    handler, is put back however it ends."""
+    if sys.implementation.name != "cpython" or not sys.platform.startswith("linux"):
+        raise _UnusableError(f"needs CPython on Linux, not {sys.implementation.name} on {sys.platform}")
+    if sysconfig.get_config_var("Py_GIL_DISABLED"):
+        raise _UnusableError("a free-threaded build: the table is written under no GIL")
+    if ctypes.sizeof(ctypes.c_void_p) != _WORD:
+        raise _UnusableError(f"pointers are {ctypes.sizeof(ctypes.c_void_p)} bytes, not {_WORD}")
+
+    # They pass a SIGINT on, so one arriving during the probe reaches the program's handler.
+    def first(signum: int, frame: object) -> Any:
+        return current(signum, frame)
+
+    def second(signum: int, frame: object) -> Any:
+        return current(signum, frame)
+
+    counts = sys.getrefcount(first), sys.getrefcount(second)
+    slot: memoryview | None = None
+    address = 0
+    try:
+        _signal.signal(_SIGINT, first)
+        candidates = _words_holding(id(first))
+        _signal.signal(_SIGINT, second)
+        candidates = [word for word in candidates if _view(word)[0] == id(second)]
+        if len(candidates) != 1:
+            raise _UnusableError(f"{len(candidates)} words follow signal.signal, not one")
+        address = candidates[0]
+        slot = _view(address)
+        # Written, read back officially, and put back at once: the table's reference is second's.
+        slot[0] = id(first)
+        took = _signal.getsignal(_SIGINT) is first
+        slot[0] = id(second)
+        if not took or _signal.getsignal(_SIGINT) is not second:
+            raise _UnusableError("writing the word does not change signal.getsignal()")
+    finally:
+        if slot is not None and slot[0] != id(second):
+            slot[0] = id(second)
+        _put_back(current)
+    if slot[0] != id(current) or (sys.getrefcount(first), sys.getrefcount(second)) != counts:
+        raise _UnusableError("the probes' reference counts or the restored handler differ from the official API's")
+    return slot, address
+
+
+def find(current: Callable[..., Any]) -> tuple[memoryview | None, str]:
+    """The SIGINT slot as a one-word view (or None) and what was found, for ``info()``.
+
+    Call in the main thread with ``current``, the installed handler, a Python callable;
+    it is the installed handler again when this returns.
+    """
+    if os.environ.get("RNG_FORK_PORTABLE", "").strip().lower() in _TRUE_WORDS:
+        return None, "disabled: RNG_FORK_PORTABLE is set"
+    try:
+        slot, address = _probe(current)
+    except _UnusableError as why:
+        return None, f"unavailable: {why}"
+    except Exception as exc:  # noqa: BLE001 - no maps, a subinterpreter, an odd file: the slot is not used
+        return None, f"unavailable: {type(exc).__name__}: {exc}"
+    return slot, f"active: signal.getsignal(SIGINT)'s word at {address:#x}, written instead of sigaction"
+
+
+def hold(obj: object) -> None:
+    """Count one more reference to ``obj``: one the table owns without the official API's help."""
+    ctypes.pythonapi.Py_IncRef(ctypes.py_object(obj))
+
+
+def release(obj: object) -> None:
+    """Count one reference to ``obj`` less: one the table owned and gave up."""
+    ctypes.pythonapi.Py_DecRef(ctypes.py_object(obj))

@@ -1,0 +1,209 @@
+"""The SIGINT handler slot: found and verified here, off wherever it cannot be, and written with
+CPython's reference counts kept whatever the program does with its handlers meanwhile."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import sys
+from collections.abc import Iterator
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import rng_fork
+from rng_fork import _interrupts, _sigint_slot, fork_rng
+
+from .helpers import HANDLER_PATHS, handler_path
+
+PORTABLE = os.environ.get("RNG_FORK_PORTABLE", "").strip().lower() in {"1", "true", "yes", "on"}
+CPYTHON_ON_LINUX = sys.implementation.name == "cpython" and sys.platform.startswith("linux")
+
+
+def own_handler(signum: int, frame: object) -> None:
+    """A program's own handler: it records nothing, it only has to be a Python callable."""
+
+
+def other_handler(signum: int, frame: object) -> None:
+    """Another one."""
+
+
+HANDLERS: tuple[Any, ...] = (signal.default_int_handler, own_handler, other_handler, signal.SIG_IGN)
+"""What the program installs meanwhile; ``None`` in a program stands for the handler it sees then
+(inside a block: rng_fork's), installed again, as ``signal.signal(SIGINT, old)`` does."""
+
+
+def counts() -> list[int]:
+    return [sys.getrefcount(handler) for handler in (*HANDLERS, _interrupts._handler)]
+
+
+@pytest.fixture
+def default_handler() -> Iterator[None]:
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    yield
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+@pytest.mark.skipif(PORTABLE or not CPYTHON_ON_LINUX, reason="the slot is looked for on CPython on Linux only")
+def test_the_slot_is_found_and_verified_here() -> None:
+    info = _interrupts.slot_info()
+    assert info.startswith("active"), info
+    assert _interrupts._slot is not None
+    with fork_rng():
+        assert _interrupts.installed()
+        assert _interrupts._slot[0] == id(_interrupts._handler)
+    assert _interrupts._slot[0] == id(signal.default_int_handler)
+
+
+@pytest.mark.skipif(not PORTABLE, reason="RNG_FORK_PORTABLE is not set")
+def test_portable_runs_never_look_for_the_slot() -> None:
+    assert _interrupts.slot_info() == "disabled: RNG_FORK_PORTABLE is set"
+    assert _sigint_slot.find(signal.default_int_handler) == (None, "disabled: RNG_FORK_PORTABLE is set")
+
+
+def test_info_says_how_the_handler_goes_in() -> None:
+    shield = rng_fork.info()[-1]
+    assert shield["name"] == "sigint"
+    assert shield["fast_path"] == _interrupts.slot_info()
+    sources = [source.name for source in rng_fork.registered_sources()]
+    assert [entry["name"] for entry in rng_fork.info()[:-1]] == sources
+
+
+# A step: +1 enters a fork, -1 leaves the innermost, ("set", i) installs HANDLERS[i] (None: what it sees).
+steps = st.lists(
+    st.one_of(st.just(1), st.just(-1), st.tuples(st.just("set"), st.sampled_from([None, 0, 1, 2, 3]))), max_size=30
+)
+
+
+@pytest.mark.parametrize("path", HANDLER_PATHS)
+@settings(max_examples=150, deadline=None)
+@given(program=steps)
+def test_the_handler_in_and_out_keeps_what_the_program_sees_and_every_reference_count(
+    path: str, program: list[Any]
+) -> None:
+    with handler_path(path):
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        blocks: list[fork_rng] = []
+        seen: Any = signal.default_int_handler  # the model: what getsignal says
+        entered_over: Any = None  # what it said as the outermost block was entered
+        before = counts()  # with seen's reference: it ends the same way
+        try:
+            for step in program:
+                if step == 1:
+                    if not blocks:
+                        entered_over = seen
+                        if callable(seen):
+                            seen = _interrupts._handler
+                    blocks.append(fork_rng())
+                    blocks[-1].__enter__()
+                elif step == -1 and blocks:
+                    blocks.pop().__exit__(None, None, None)
+                    if not blocks and seen is _interrupts._handler:
+                        seen = entered_over
+                elif isinstance(step, tuple):
+                    seen = seen if step[1] is None else HANDLERS[step[1]]
+                    signal.signal(signal.SIGINT, seen)
+                assert signal.getsignal(signal.SIGINT) is seen
+        finally:
+            while blocks:
+                blocks.pop().__exit__(None, None, None)
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+        seen, entered_over = signal.default_int_handler, None
+        assert _interrupts._open == 0
+        assert counts() == before
+
+
+def _decoy_signal(decoy: ctypes.c_size_t) -> SimpleNamespace:
+    """``_signal`` as the probe calls it, with a word that follows every handler set."""
+    real = _sigint_slot._signal
+
+    def set_handler(signum: int, handler: Any) -> Any:
+        decoy.value = id(handler)
+        return real.signal(signum, handler)
+
+    return SimpleNamespace(signal=set_handler, getsignal=real.getsignal)
+
+
+@pytest.mark.skipif(PORTABLE or not CPYTHON_ON_LINUX, reason="the slot is looked for on CPython on Linux only")
+@pytest.mark.usefixtures("default_handler")
+@pytest.mark.parametrize("where", ["nowhere", "a decoy only", "a decoy and the slot"])
+def test_a_word_that_is_not_the_slot_alone_is_never_used(monkeypatch: pytest.MonkeyPatch, where: str) -> None:
+    decoy = ctypes.c_size_t(0)
+    real_words = _sigint_slot._words_holding
+    if where == "nowhere":
+        monkeypatch.setattr(_sigint_slot, "_interpreter_memory", lambda: iter(()))
+    else:
+        monkeypatch.setattr(_sigint_slot, "_signal", _decoy_signal(decoy))
+        also = where == "a decoy and the slot"
+        monkeypatch.setattr(
+            _sigint_slot,
+            "_words_holding",
+            lambda value: [ctypes.addressof(decoy), *(real_words(value) if also else [])],
+        )
+    before = counts()
+    slot, info = _sigint_slot.find(signal.default_int_handler)
+    assert slot is None
+    assert (
+        info
+        == {
+            "nowhere": "unavailable: 0 words follow signal.signal, not one",
+            "a decoy only": "unavailable: writing the word does not change signal.getsignal()",
+            "a decoy and the slot": "unavailable: 2 words follow signal.signal, not one",
+        }[where]
+    )
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert counts() == before
+
+
+@pytest.mark.skipif(PORTABLE or not CPYTHON_ON_LINUX, reason="the slot is looked for on CPython on Linux only")
+@pytest.mark.usefixtures("default_handler")
+def test_a_sigint_while_the_slot_is_looked_for_reaches_the_program_and_it_is_looked_for_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    real_words = _sigint_slot._words_holding
+    interrupts = [True]
+
+    def interrupted(value: int) -> list[int]:
+        if interrupts and interrupts.pop():
+            signal.raise_signal(signal.SIGINT)  # the probe's handler passes it on to the program's
+        return real_words(value)
+
+    monkeypatch.setattr(_sigint_slot, "_words_holding", interrupted)
+    monkeypatch.setattr(_interrupts, "_slot", None)
+    monkeypatch.setattr(_interrupts, "_slot_info", None)
+    with pytest.raises(KeyboardInterrupt):
+        with fork_rng():
+            pytest.fail("the block must not run")
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert _interrupts._open == 0 and _interrupts._slot_info is None
+    with fork_rng():  # looked for again, and found
+        assert _interrupts.installed()
+    assert _interrupts.slot_info().startswith("active")
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+@pytest.mark.skipif(PORTABLE or not CPYTHON_ON_LINUX, reason="the slot is looked for on CPython on Linux only")
+@pytest.mark.parametrize(
+    ("attribute", "value", "says"),
+    [
+        ("implementation", SimpleNamespace(name="pypy"), "needs CPython on Linux"),
+        ("platform", "darwin", "needs CPython on Linux"),
+    ],
+)
+def test_elsewhere_the_slot_is_not_looked_for(
+    monkeypatch: pytest.MonkeyPatch, attribute: str, value: object, says: str
+) -> None:
+    monkeypatch.setattr(_sigint_slot.sys, attribute, value)
+    slot, info = _sigint_slot.find(signal.default_int_handler)
+    assert slot is None and info.startswith(f"unavailable: {says}")
+
+
+@pytest.mark.skipif(PORTABLE or not CPYTHON_ON_LINUX, reason="the slot is looked for on CPython on Linux only")
+def test_a_free_threaded_build_is_not_probed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_sigint_slot.sysconfig, "get_config_var", lambda name: 1)
+    slot, info = _sigint_slot.find(signal.default_int_handler)
+    assert slot is None and info == "unavailable: a free-threaded build: the table is written under no GIL"
