@@ -39,14 +39,11 @@ import sysconfig
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
+from .sources._fastpath import _portable_requested, _require_raw_memory_platform, _UnavailableError
+
 _SIGINT = int(_signal.SIGINT)
 _WORD = 8
-_TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
 _ET_DYN, _PT_LOAD, _PF_W = 3, 1, 2  # from <elf.h>
-
-
-class _UnusableError(Exception):
-    """The slot cannot be found or verified here."""
 
 
 class _Mapping(NamedTuple):
@@ -76,7 +73,7 @@ def _writable_segments(path: str) -> tuple[int | None, list[tuple[int, int]]]:
     with open(path, "rb") as elf:
         header = elf.read(64)
         if header[:4] != b"\x7fELF" or header[4] != 2 or header[5] != 1:
-            raise _UnusableError(f"{path} is not a 64-bit little-endian ELF file")
+            raise _UnavailableError(f"{path} is not a 64-bit little-endian ELF file")
         (kind,) = struct.unpack_from("<H", header, 16)
         (table_at,) = struct.unpack_from("<Q", header, 32)
         entry_size, entries = struct.unpack_from("<HH", header, 54)
@@ -90,7 +87,7 @@ def _writable_segments(path: str) -> tuple[int | None, list[tuple[int, int]]]:
             if flags & _PF_W:
                 segments.append((address, size))
     if first is None:
-        raise _UnusableError(f"{path} loads no segment")
+        raise _UnavailableError(f"{path} loads no segment")
     return (first if kind == _ET_DYN else None), segments
 
 
@@ -112,7 +109,7 @@ def _interpreter_memory() -> Iterator[tuple[int, int]]:
                 if m.start <= covered < m.end and m.readable:
                     covered = m.end
             if covered < end:
-                raise _UnusableError(f"{path}'s segment at {start:#x} is not mapped readable")
+                raise _UnavailableError(f"{path}'s segment at {start:#x} is not mapped readable")
             yield start, end
 
 
@@ -154,12 +151,13 @@ def _put_back(current: Callable[..., Any]) -> None:
 def _probe(current: Callable[..., Any]) -> tuple[memoryview, int]:
     """Find and verify the slot (its view and address); ``current``, the installed SIGINT
     handler, is put back however it ends."""
-    if sys.implementation.name != "cpython" or not sys.platform.startswith("linux"):
-        raise _UnusableError(f"needs CPython on Linux, not {sys.implementation.name} on {sys.platform}")
+    _require_raw_memory_platform()
+    if not sys.platform.startswith("linux"):
+        raise _UnavailableError(f"the memory map is read from /proc/self/maps: Linux only, not {sys.platform}")
     if sysconfig.get_config_var("Py_GIL_DISABLED"):
-        raise _UnusableError("a free-threaded build: the table is written under no GIL")
+        raise _UnavailableError("a free-threaded build: the table is written under no GIL")
     if ctypes.sizeof(ctypes.c_void_p) != _WORD:
-        raise _UnusableError(f"pointers are {ctypes.sizeof(ctypes.c_void_p)} bytes, not {_WORD}")
+        raise _UnavailableError(f"pointers are {ctypes.sizeof(ctypes.c_void_p)} bytes, not {_WORD}")
 
     # They pass a SIGINT on, so one arriving during the probe reaches the program's handler.
     def first(signum: int, frame: object) -> Any:
@@ -177,7 +175,7 @@ def _probe(current: Callable[..., Any]) -> tuple[memoryview, int]:
         _signal.signal(_SIGINT, second)
         candidates = [word for word in candidates if _view(word)[0] == id(second)]
         if len(candidates) != 1:
-            raise _UnusableError(f"{len(candidates)} words follow signal.signal, not one")
+            raise _UnavailableError(f"{len(candidates)} words follow signal.signal, not one")
         address = candidates[0]
         slot = _view(address)
         # Written, read back officially, and put back at once: the table's reference is second's.
@@ -185,13 +183,13 @@ def _probe(current: Callable[..., Any]) -> tuple[memoryview, int]:
         took = _signal.getsignal(_SIGINT) is first
         slot[0] = id(second)
         if not took or _signal.getsignal(_SIGINT) is not second:
-            raise _UnusableError("writing the word does not change signal.getsignal()")
+            raise _UnavailableError("writing the word does not change signal.getsignal()")
     finally:
         if slot is not None and slot[0] != id(second):
             slot[0] = id(second)
         _put_back(current)
     if slot[0] != id(current) or (sys.getrefcount(first), sys.getrefcount(second)) != counts:
-        raise _UnusableError("the probes' reference counts or the restored handler differ from the official API's")
+        raise _UnavailableError("the probes' reference counts or the restored handler differ from the official API's")
     return slot, address
 
 
@@ -201,11 +199,11 @@ def find(current: Callable[..., Any]) -> tuple[memoryview | None, str]:
     Call in the main thread with ``current``, the installed handler, a Python callable;
     it is the installed handler again when this returns.
     """
-    if os.environ.get("RNG_FORK_PORTABLE", "").strip().lower() in _TRUE_WORDS:
+    if _portable_requested():
         return None, "disabled: RNG_FORK_PORTABLE is set"
     try:
         slot, address = _probe(current)
-    except _UnusableError as why:
+    except _UnavailableError as why:
         return None, f"unavailable: {why}"
     except Exception as exc:  # noqa: BLE001 - no maps, a subinterpreter, an odd file: the slot is not used
         return None, f"unavailable: {type(exc).__name__}: {exc}"

@@ -190,8 +190,8 @@ def test_a_sigint_while_the_slot_is_looked_for_reaches_the_program_and_it_is_loo
 @pytest.mark.parametrize(
     ("attribute", "value", "says"),
     [
-        ("implementation", SimpleNamespace(name="pypy"), "needs CPython on Linux"),
-        ("platform", "darwin", "needs CPython on Linux"),
+        ("implementation", SimpleNamespace(name="pypy"), "not CPython (pypy)"),
+        ("platform", "darwin", "the memory map is read from /proc/self/maps: Linux only, not darwin"),
     ],
 )
 def test_elsewhere_the_slot_is_not_looked_for(
