@@ -63,6 +63,9 @@ _open = 0
 _previous: Any = None
 """The handler rng_fork's stands in front of while installed."""
 
+_previous_address = 0
+"""``id(_previous)``, taken as it was installed: the slot's word to write back (no call on the way)."""
+
 _slot: memoryview | None = None
 """The interpreter's SIGINT handler slot, written instead of calling ``signal.signal`` once found
 (see :mod:`rng_fork._sigint_slot`): looked for at the first install, then fixed for the process."""
@@ -94,45 +97,66 @@ def shield() -> bool:
 
     The first one installs the handler, when the one in place is a Python callable.
     """
-    global _open, _previous
+    global _open, _previous, _previous_address
     if get_ident() != MAIN_THREAD:
         return False
     if not _open:
+        if _slot_info is None and _previous is None:  # never with a handler installed officially
+            _look_for_slot()
         current = _signal.getsignal(_SIGINT)
         # Still installed (a block ended in another thread): it passes on to _previous as before.
         if current is not _handler and callable(current):
-            _previous = current
             if _slot is not None:
-                # The table's reference to current stays counted while _handler stands in its
-                # place (with _handler's own, held since the slot was found), and goes back with it.
-                _slot[0] = _HANDLER_ADDRESS
+                if _previous is not None:
+                    _account_for_replaced()  # left installed by a block that ended in another thread
+                address = id(current)
+                # No call from this check to the write, and the write is one line: CPython runs
+                # signal handlers and switches threads as calls return (and a tracer, at lines),
+                # so nothing comes in between. The table's reference to current stays counted
+                # while _handler stands in its place (with _handler's own, held since the slot
+                # was found).
+                if not _open and _slot[0] == address:
+                    _previous, _previous_address, _slot[0] = current, address, _HANDLER_ADDRESS
             else:
-                _install()
+                _install(current)
     _open += 1
     return True
 
 
-def _install() -> None:
-    """Install the handler through ``signal.signal``, after looking for the slot the first time."""
+def _install(current: Any) -> None:
+    """Install the handler in front of ``current`` through ``signal.signal``."""
     global _previous
-    if _slot_info is None:
-        _look_for_slot(_previous)
-        if _slot is not None:
-            _slot[0] = _HANDLER_ADDRESS
-            return
+    _previous = current
     try:
         _signal.signal(_SIGINT, _handler)
     except (ValueError, OSError):  # a subinterpreter cannot set handlers: nothing to protect there
         _previous = None
 
 
-def _look_for_slot(current: Any) -> None:
-    """Find the slot, with ``current`` installed; from then on ``_handler``'s reference in the
-    table is one held here (:func:`sigint_slot.hold`), whether or not it is installed."""
+def _look_for_slot() -> None:
+    """Look for the slot under the handler in place, if it is a Python callable (else at a later
+    block). Once found, a reference to ``_handler`` is held for the slot: whenever it is there, the
+    table owns that one."""
     global _slot, _slot_info
-    _slot, _slot_info = sigint_slot.find(current)
-    if _slot is not None:
-        sigint_slot.hold(_handler)
+    current = _signal.getsignal(_SIGINT)
+    if current is _handler or not callable(current):
+        return
+    slot, info = sigint_slot.find(current)
+    if slot is not None:
+        sigint_slot.incref(_handler)
+    _slot, _slot_info = slot, info  # no call between: once published, the reference is held
+
+
+def _account_for_replaced() -> None:
+    """The program replaced rng_fork's handler through ``signal.signal``, which gave up the table's
+    reference to it: hold one again; ``_previous``'s stays counted, drop it. In this order, so that
+    an interrupt at any line leaves a reference too many (never one too few), and the next block
+    does what is left."""
+    global _previous
+    previous = _previous
+    sigint_slot.incref(_handler)
+    _previous = None
+    sigint_slot.decref(previous)
 
 
 def unshield(shielded: bool) -> None:
@@ -142,25 +166,36 @@ def unshield(shielded: bool) -> None:
     if not shielded:
         return
     _open -= 1
-    if not _open and _previous is not None:
-        # Put back first, forget after: a SIGINT in between still finds a handler to pass on to.
-        if _signal.getsignal(_SIGINT) is _handler:
-            if _slot is not None:
-                _slot[0] = id(_previous)
-            else:
-                try:
-                    _signal.signal(_SIGINT, _previous)
-                except ValueError:
-                    # Only the main thread can set a handler (asking it which thread this is costs
-                    # more): a block that ended in another thread leaves it in place, passing
-                    # everything on, until the main thread's next block ends.
-                    return
-        elif _slot is not None:
-            # The program set a handler through signal.signal, which gave up the table's
-            # reference to _handler: hold one again. _previous's stays counted: drop it.
-            sigint_slot.hold(_handler)
-            sigint_slot.release(_previous)
-        _previous = None
+    if _open or _previous is None:
+        return
+    if _slot is not None:
+        # Written from the main thread only, as signal.signal is: a block that ended in another
+        # thread leaves the handler in place, passing everything on, until the main thread's next
+        # block ends; and no thread can come in between this thread's check and write.
+        if get_ident() != MAIN_THREAD:
+            return
+        # No call from here to the write (see shield): a handler that ran as get_ident returned
+        # has opened and closed any block it opened.
+        if _open or _previous is None:
+            return
+        if _slot[0] == _HANDLER_ADDRESS:
+            _slot[0], _previous = _previous_address, None  # the table's counted reference is previous's again
+        else:
+            _account_for_replaced()
+        return
+    # Put back first, forget after: a SIGINT in between still finds a handler to pass on to.
+    if _signal.getsignal(_SIGINT) is _handler:
+        previous = _previous
+        if previous is None:  # a handler that ran as getsignal returned put it back
+            return
+        try:
+            _signal.signal(_SIGINT, previous)
+        except ValueError:
+            # Only the main thread can set a handler (asking it which thread this is costs
+            # more): a block that ended in another thread leaves it in place, passing
+            # everything on, until the main thread's next block ends.
+            return
+    _previous = None
 
 
 def held() -> bool:
@@ -182,12 +217,9 @@ def release_held() -> None:
 def slot_info() -> str:
     """How rng_fork's handler goes in and out: through the verified slot or ``signal.signal``.
 
-    Looks for the slot if no block has yet (in the main thread, where a Python handler is installed).
+    The slot is looked for at the first block in the main thread under a Python SIGINT handler;
+    asking changes nothing.
     """
-    if _slot_info is None and not _open and get_ident() == MAIN_THREAD:
-        current = _signal.getsignal(_SIGINT)
-        if callable(current) and current is not _handler:
-            _look_for_slot(current)
     return _slot_info or "not looked for yet: at the first block in the main thread under a Python SIGINT handler"
 
 
@@ -201,4 +233,6 @@ _HANDLER_ADDRESS = id(_handler)
 protected(_handler)
 protected(shield)
 protected(_install)
+protected(_look_for_slot)
+protected(_account_for_replaced)
 protected(unshield)

@@ -148,9 +148,34 @@ def _put_back(current: Callable[..., Any]) -> None:
         raise interrupt
 
 
-def _probe(current: Callable[..., Any]) -> tuple[memoryview, int]:
-    """Find and verify the slot (its view and address); ``current``, the installed SIGINT
-    handler, is put back however it ends."""
+_held: list[Any] = []
+"""The frame of a SIGINT that arrived during the probe, passed on to the program's handler once
+its own handler is back in place (a handler that sets another one must not be undone)."""
+
+
+# The probe handlers hold a SIGINT, as rng_fork's own handler does while its code runs. They live
+# as long as the process, with a reference each that is never given up: the probe writes them into
+# the table uncounted, and a handler that another signal's handler sets meanwhile makes CPython
+# drop a reference it believes the table owns.
+def _first_probe(signum: int, frame: object) -> None:
+    _held.append(frame)
+
+
+def _second_probe(signum: int, frame: object) -> None:
+    _held.append(frame)
+
+
+_FIRST, _SECOND = id(_first_probe), id(_second_probe)
+
+
+class _DisturbedError(Exception):
+    """A SIGINT handler was set (by another signal's handler) while the slot was looked for: look again later."""
+
+
+def _probe(current: Callable[..., Any]) -> memoryview:
+    """Find and verify the slot; ``current``, the installed SIGINT handler, is put back however
+    it ends (unless a handler was set meanwhile: then :class:`_DisturbedError` is raised), and a
+    SIGINT that arrived meanwhile is passed on to it then."""
     _require_raw_memory_platform()
     if not sys.platform.startswith("linux"):
         raise _UnavailableError(f"the memory map is read from /proc/self/maps: Linux only, not {sys.platform}")
@@ -158,63 +183,82 @@ def _probe(current: Callable[..., Any]) -> tuple[memoryview, int]:
         raise _UnavailableError("a free-threaded build: the table is written under no GIL")
     if ctypes.sizeof(ctypes.c_void_p) != _WORD:
         raise _UnavailableError(f"pointers are {ctypes.sizeof(ctypes.c_void_p)} bytes, not {_WORD}")
-
-    # They pass a SIGINT on, so one arriving during the probe reaches the program's handler.
-    def first(signum: int, frame: object) -> Any:
-        return current(signum, frame)
-
-    def second(signum: int, frame: object) -> Any:
-        return current(signum, frame)
-
-    counts = sys.getrefcount(first), sys.getrefcount(second)
+    counts = sys.getrefcount(_first_probe), sys.getrefcount(_second_probe)
     slot: memoryview | None = None
-    address = 0
+    failed: Exception | None = None
     try:
-        _signal.signal(_SIGINT, first)
-        candidates = _words_holding(id(first))
-        _signal.signal(_SIGINT, second)
-        candidates = [word for word in candidates if _view(word)[0] == id(second)]
+        _signal.signal(_SIGINT, _first_probe)
+        candidates = _words_holding(_FIRST)
+        _signal.signal(_SIGINT, _second_probe)
+        candidates = [word for word in candidates if _view(word)[0] == _SECOND]
         if len(candidates) != 1:
             raise _UnavailableError(f"{len(candidates)} words follow signal.signal, not one")
-        address = candidates[0]
-        slot = _view(address)
+        slot = _view(candidates[0])
         # Written, read back officially, and put back at once: the table's reference is second's.
-        slot[0] = id(first)
-        took = _signal.getsignal(_SIGINT) is first
-        slot[0] = id(second)
-        if not took or _signal.getsignal(_SIGINT) is not second:
+        slot[0] = _FIRST
+        took = _signal.getsignal(_SIGINT) is _first_probe
+        slot[0] = _SECOND
+        if not took or _signal.getsignal(_SIGINT) is not _second_probe:
             raise _UnavailableError("writing the word does not change signal.getsignal()")
+    except Exception as exc:  # noqa: BLE001 - raised below, unless the program's handler changed meanwhile
+        failed = exc
     finally:
-        if slot is not None and slot[0] != id(second):
-            slot[0] = id(second)
-        _put_back(current)
-    if slot[0] != id(current) or (sys.getrefcount(first), sys.getrefcount(second)) != counts:
-        raise _UnavailableError("the probes' reference counts or the restored handler differ from the official API's")
-    return slot, address
+        # No call before this write: the first probe goes out even when an interrupt ends the probe.
+        if slot is not None and slot[0] == _FIRST:
+            slot[0] = _SECOND
+        now = _signal.getsignal(_SIGINT)
+        disturbed = now is not _first_probe and now is not _second_probe
+        del now  # a reference the counts below must not see
+        if not disturbed:
+            _put_back(current)
+    if not disturbed and failed is None:
+        assert slot is not None
+        if slot[0] != id(current) or (sys.getrefcount(_first_probe), sys.getrefcount(_second_probe)) != counts:
+            failed = _UnavailableError("the probes' reference counts or the restored handler differ from signal's")
+    if _held:  # passed on once the verdict is in: the handler may set another
+        arrived_in = _held[-1]
+        _held.clear()
+        try:
+            current(_SIGINT, arrived_in)  # its KeyboardInterrupt, if it raises, comes out of here
+        finally:
+            arrived_in = None  # no cycle through this frame (the SIGINT may have arrived in it)
+    if disturbed:
+        raise _DisturbedError
+    if failed is not None:
+        try:
+            raise failed
+        finally:
+            failed = None  # no cycle through this frame: the caller's handler frees it all
+    assert slot is not None
+    return slot
 
 
-def find(current: Callable[..., Any]) -> tuple[memoryview | None, str]:
-    """The SIGINT slot as a one-word view (or None) and what was found, for ``info()``.
+def find(current: Callable[..., Any]) -> tuple[memoryview | None, str | None]:
+    """The SIGINT slot as a one-word view (or None) and what was found, for ``info()`` (None: the
+    program set a handler meanwhile, so look again later).
 
     Call in the main thread with ``current``, the installed handler, a Python callable;
-    it is the installed handler again when this returns.
+    it is the installed handler again when this returns, unless the program set another.
     """
     if _portable_requested():
         return None, "disabled: RNG_FORK_PORTABLE is set"
     try:
-        slot, address = _probe(current)
+        slot = _probe(current)
+    except _DisturbedError:
+        return None, None
     except _UnavailableError as why:
         return None, f"unavailable: {why}"
     except Exception as exc:  # noqa: BLE001 - no maps, a subinterpreter, an odd file: the slot is not used
         return None, f"unavailable: {type(exc).__name__}: {exc}"
-    return slot, f"active: signal.getsignal(SIGINT)'s word at {address:#x}, written instead of sigaction"
+    return slot, "active: the verified SIGINT slot, written instead of signal.signal"
 
 
-def hold(obj: object) -> None:
-    """Count one more reference to ``obj``: one the table owns without the official API's help."""
-    ctypes.pythonapi.Py_IncRef(ctypes.py_object(obj))
+# C functions called directly: a Python function in front of them could be interrupted before
+# the count changes (CPython runs signal handlers as a function starts and as a call returns).
+incref = ctypes.PYFUNCTYPE(None, ctypes.py_object)(("Py_IncRef", ctypes.pythonapi))
+"""``incref(obj)``: count one more reference to ``obj``, one the table owns without the official API's help."""
+decref = ctypes.PYFUNCTYPE(None, ctypes.py_object)(("Py_DecRef", ctypes.pythonapi))
+"""``decref(obj)``: count one reference to ``obj`` less, one the table owned and gave up."""
 
-
-def release(obj: object) -> None:
-    """Count one reference to ``obj`` less: one the table owned and gave up."""
-    ctypes.pythonapi.Py_DecRef(ctypes.py_object(obj))
+incref(_first_probe)
+incref(_second_probe)

@@ -215,6 +215,8 @@ def handler_path(path: str) -> Iterator[None]:
     from rng_fork import _interrupts
 
     assert _interrupts._open == 0, "switched only while no block is open"
+    with rng_fork.fork_rng():  # the first block looks for the slot
+        pass
     info = _interrupts.slot_info()
     if path == "slot":
         if _interrupts._slot is None:

@@ -61,13 +61,17 @@ class InjectedAt:
     counts too, a stricter test than any real signal.
     """
 
-    def __init__(self, target: int) -> None:
+    def __init__(self, target: int, action: Callable[[FrameType], object] | None = None, lines: bool = True) -> None:
         self.target = target
+        self.lines = lines
         self.events = 0
         self.delivered = False
+        self.action = action or sigint_at
 
     def trace(self, frame: FrameType, event: str, arg: Any) -> Any:
-        if (event == "call" and traced(frame)) or (event == "line" and frame.f_code in _interrupts._protected):
+        if (event == "call" and traced(frame)) or (
+            event == "line" and self.lines and frame.f_code in _interrupts._protected
+        ):
             self._maybe_deliver(frame)
         return self.trace
 
@@ -80,9 +84,14 @@ class InjectedAt:
         self.events += 1
         if at == self.target and not self.delivered:
             self.delivered = True
-            handler = signal.getsignal(signal.SIGINT)
-            if callable(handler):
-                handler(signal.SIGINT, frame)
+            self.action(frame)
+
+
+def sigint_at(frame: FrameType) -> None:
+    """What CPython does with a SIGINT that arrives in ``frame``: call the handler installed now."""
+    handler = signal.getsignal(signal.SIGINT)
+    if callable(handler):
+        handler(signal.SIGINT, frame)
 
 
 def ours(frame: FrameType) -> bool:
@@ -94,9 +103,13 @@ def traced(frame: FrameType) -> bool:
     return ours(frame) or frame.f_code.co_filename == __file__
 
 
-def run_injected(scenario: Callable[[], object], target: int) -> tuple[bool, bool, int]:
-    """Run ``scenario`` with a SIGINT at place ``target``: (delivered, interrupted, places seen)."""
-    injector = InjectedAt(target)
+def run_injected(
+    scenario: Callable[[], object], target: int, action: Callable[[FrameType], object] | None = None,
+    lines: bool = True,
+) -> tuple[bool, bool, int]:
+    """Run ``scenario`` with a SIGINT (or ``action``) at place ``target``: (delivered, interrupted,
+    places seen). Without ``lines``, only where CPython itself runs handlers (no line counts)."""
+    injector = InjectedAt(target, action, lines)
     interrupted = False
     sys.settrace(injector.trace)
     sys.setprofile(injector.profile)
@@ -588,25 +601,41 @@ def walk_tb(exc: BaseException) -> Iterator[tuple[FrameType, int]]:
     return traceback.walk_tb(exc.__traceback__)
 
 
-def test_a_block_left_in_another_thread_puts_the_handler_back_or_leaves_one_that_passes_everything_on(
-    path: str,
-) -> None:
+@pytest.mark.usefixtures("path")
+def test_a_block_left_in_another_thread_leaves_a_handler_that_passes_everything_on() -> None:
     def body() -> Iterator[None]:
         with fork_rng():
             yield
 
     steps = body()
     next(steps)  # entered in the main thread
-    finisher = threading.Thread(target=lambda: next(steps, None))  # left in another
+    finisher = threading.Thread(target=lambda: next(steps, None))  # left in another, which cannot set handlers
     finisher.start()
     finisher.join()
-    assert not _swap._layers
-    if path == "slot":  # written from any thread
-        assert_settled()
-        return
-    assert _interrupts.installed()  # signal.signal refuses in other threads
+    assert not _swap._layers and _interrupts.installed()
     with pytest.raises(KeyboardInterrupt):
         signal.raise_signal(signal.SIGINT)
     with fork_rng():
         pass
     assert_settled()  # the main thread's next block put the previous handler back
+
+
+@pytest.mark.usefixtures("path")
+def test_a_handler_left_installed_and_then_replaced_by_the_program_is_accounted_for() -> None:
+    def body() -> Iterator[None]:
+        with fork_rng():
+            yield
+
+    counts = sys.getrefcount(signal.default_int_handler), sys.getrefcount(_interrupts._handler)
+    for _ in range(3):
+        steps = body()
+        next(steps)
+        finisher = threading.Thread(target=next, args=(steps, None))
+        finisher.start()
+        finisher.join()
+        assert _interrupts.installed()
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # the program's own, put back by itself
+        with fork_rng():
+            assert _interrupts.installed()
+        assert_settled()
+    assert (sys.getrefcount(signal.default_int_handler), sys.getrefcount(_interrupts._handler)) == counts

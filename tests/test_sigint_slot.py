@@ -4,11 +4,12 @@ CPython's reference counts kept whatever the program does with its handlers mean
 from __future__ import annotations
 
 import ctypes
+import itertools
 import os
 import signal
 import sys
-from collections.abc import Iterator
-from types import SimpleNamespace
+from collections.abc import Callable, Iterator
+from types import FrameType, SimpleNamespace
 from typing import Any
 
 import pytest
@@ -16,12 +17,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import rng_fork
-from rng_fork import _interrupts, _sigint_slot, fork_rng
+from rng_fork import _interrupts, _sigint_slot, _swap, fork_rng
 
 from .helpers import HANDLER_PATHS, handler_path
+from .test_interrupts import run_injected
 
 PORTABLE = os.environ.get("RNG_FORK_PORTABLE", "").strip().lower() in {"1", "true", "yes", "on"}
 CPYTHON_ON_LINUX = sys.implementation.name == "cpython" and sys.platform.startswith("linux")
+needs_slot = pytest.mark.skipif(
+    PORTABLE or not CPYTHON_ON_LINUX, reason="the slot is looked for on CPython on Linux only"
+)
 
 
 def own_handler(signum: int, frame: object) -> None:
@@ -48,8 +53,10 @@ def default_handler() -> Iterator[None]:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
-@pytest.mark.skipif(PORTABLE or not CPYTHON_ON_LINUX, reason="the slot is looked for on CPython on Linux only")
+@needs_slot
 def test_the_slot_is_found_and_verified_here() -> None:
+    with fork_rng():  # the first block looks for it
+        pass
     info = _interrupts.slot_info()
     assert info.startswith("active"), info
     assert _interrupts._slot is not None
@@ -66,6 +73,8 @@ def test_portable_runs_never_look_for_the_slot() -> None:
 
 
 def test_info_says_how_the_handler_goes_in() -> None:
+    with fork_rng():
+        pass
     shield = rng_fork.info()[-1]
     assert shield["name"] == "sigint"
     assert shield["fast_path"] == _interrupts.slot_info()
@@ -128,7 +137,7 @@ def _decoy_signal(decoy: ctypes.c_size_t) -> SimpleNamespace:
     return SimpleNamespace(signal=set_handler, getsignal=real.getsignal)
 
 
-@pytest.mark.skipif(PORTABLE or not CPYTHON_ON_LINUX, reason="the slot is looked for on CPython on Linux only")
+@needs_slot
 @pytest.mark.usefixtures("default_handler")
 @pytest.mark.parametrize("where", ["nowhere", "a decoy only", "a decoy and the slot"])
 def test_a_word_that_is_not_the_slot_alone_is_never_used(monkeypatch: pytest.MonkeyPatch, where: str) -> None:
@@ -159,34 +168,7 @@ def test_a_word_that_is_not_the_slot_alone_is_never_used(monkeypatch: pytest.Mon
     assert counts() == before
 
 
-@pytest.mark.skipif(PORTABLE or not CPYTHON_ON_LINUX, reason="the slot is looked for on CPython on Linux only")
-@pytest.mark.usefixtures("default_handler")
-def test_a_sigint_while_the_slot_is_looked_for_reaches_the_program_and_it_is_looked_for_again(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    real_words = _sigint_slot._words_holding
-    interrupts = [True]
-
-    def interrupted(value: int) -> list[int]:
-        if interrupts and interrupts.pop():
-            signal.raise_signal(signal.SIGINT)  # the probe's handler passes it on to the program's
-        return real_words(value)
-
-    monkeypatch.setattr(_sigint_slot, "_words_holding", interrupted)
-    monkeypatch.setattr(_interrupts, "_slot", None)
-    monkeypatch.setattr(_interrupts, "_slot_info", None)
-    with pytest.raises(KeyboardInterrupt):
-        with fork_rng():
-            pytest.fail("the block must not run")
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    assert _interrupts._open == 0 and _interrupts._slot_info is None
-    with fork_rng():  # looked for again, and found
-        assert _interrupts.installed()
-    assert _interrupts.slot_info().startswith("active")
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-
-
-@pytest.mark.skipif(PORTABLE or not CPYTHON_ON_LINUX, reason="the slot is looked for on CPython on Linux only")
+@needs_slot
 @pytest.mark.parametrize(
     ("attribute", "value", "says"),
     [
@@ -202,8 +184,153 @@ def test_elsewhere_the_slot_is_not_looked_for(
     assert slot is None and info.startswith(f"unavailable: {says}")
 
 
-@pytest.mark.skipif(PORTABLE or not CPYTHON_ON_LINUX, reason="the slot is looked for on CPython on Linux only")
+@needs_slot
 def test_a_free_threaded_build_is_not_probed(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_sigint_slot.sysconfig, "get_config_var", lambda name: 1)
     slot, info = _sigint_slot.find(signal.default_int_handler)
     assert slot is None and info == "unavailable: a free-threaded build: the table is written under no GIL"
+
+
+@pytest.fixture
+def not_looked_for(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The next block looks for the slot again (as the first block of a process does)."""
+    monkeypatch.setattr(_interrupts, "_slot", None)
+    monkeypatch.setattr(_interrupts, "_slot_info", None)
+
+
+def sigint_while_scanning(monkeypatch: pytest.MonkeyPatch, times: int = 1) -> None:
+    """A real SIGINT (``times`` of them) while the probe scans memory."""
+    real_words = _sigint_slot._words_holding
+
+    def interrupted(value: int) -> list[int]:
+        for _ in range(times):
+            signal.raise_signal(signal.SIGINT)
+        return real_words(value)
+
+    monkeypatch.setattr(_sigint_slot, "_words_holding", interrupted)
+
+
+@needs_slot
+@pytest.mark.usefixtures("default_handler", "not_looked_for")
+def test_a_sigint_during_the_probe_reaches_the_program_once_its_handler_is_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    seen: list[object] = []
+
+    def stop_on_the_first_and_ignore_the_rest(signum: int, frame: object) -> None:
+        seen.append(signal.getsignal(signal.SIGINT))
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # what the program sets stays set
+
+    signal.signal(signal.SIGINT, stop_on_the_first_and_ignore_the_rest)
+    sigint_while_scanning(monkeypatch, times=2)
+    with fork_rng():
+        pass
+    assert seen == [stop_on_the_first_and_ignore_the_rest]  # once, with its own handler in place
+    assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    assert _interrupts.slot_info().startswith("active")
+
+
+@needs_slot
+@pytest.mark.usefixtures("default_handler", "not_looked_for")
+def test_a_sigint_while_the_slot_is_looked_for_is_raised_before_the_block_and_it_is_looked_for_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    before = [sys.getrefcount(probe) for probe in (_sigint_slot._first_probe, _sigint_slot._second_probe)]
+    sigint_while_scanning(monkeypatch, times=2)
+    with pytest.raises(KeyboardInterrupt):
+        with fork_rng():
+            pytest.fail("the block must not run")
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert _interrupts._open == 0 and _interrupts._slot_info is None
+    assert [sys.getrefcount(probe) for probe in (_sigint_slot._first_probe, _sigint_slot._second_probe)] == before
+    monkeypatch.undo()
+    monkeypatch.setattr(_interrupts, "_slot", None)
+    monkeypatch.setattr(_interrupts, "_slot_info", None)
+    with fork_rng():  # looked for again, and found
+        assert _interrupts.installed()
+    assert _interrupts.slot_info().startswith("active")
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def first_block_whose_handler_the_program_replaces() -> None:
+    with fork_rng():
+        signal.signal(signal.SIGINT, own_handler)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    with fork_rng():
+        pass
+
+
+@pytest.fixture
+def memory_scanned_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The probe's scan of the interpreter's memory done once and replayed: a SIGINT in it is held
+    like one anywhere else in the probe (tested above), and its thousands of places make every
+    probe under a tracer slow."""
+    real_words = _sigint_slot._words_holding
+    scanned: dict[int, list[int]] = {}
+
+    def replayed(value: int) -> list[int]:
+        if value not in scanned:
+            scanned[value] = real_words(value)
+        return list(scanned[value])
+
+    monkeypatch.setattr(_sigint_slot, "_words_holding", replayed)
+    monkeypatch.setattr(_interrupts, "_slot", None)
+    monkeypatch.setattr(_interrupts, "_slot_info", None)
+    with fork_rng():  # scanned here, untraced
+        pass
+
+
+@needs_slot
+@pytest.mark.usefixtures("default_handler", "not_looked_for", "memory_scanned_once")
+def test_a_sigint_at_any_place_of_the_first_block_never_leaves_a_reference_too_few() -> None:
+    """A count one too low frees a handler the table still points to; one too many is a leak of
+    one small object (an interrupt between two reference changes), never more than one per interrupt."""
+    base_default, base_ours = sys.getrefcount(signal.default_int_handler), sys.getrefcount(_interrupts._handler)
+    finds = runs = 0
+    for target in itertools.count():
+        _interrupts._slot, _interrupts._slot_info = None, None
+        delivered, _, _ = run_injected(first_block_whose_handler_the_program_replaces, target)
+        runs += 1
+        finds += _interrupts._slot is not None
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        assert not _swap._layers and _interrupts._open == 0 and not _interrupts.held()
+        assert sys.getrefcount(_interrupts._handler) >= base_ours + finds, f"place {target}"
+        assert sys.getrefcount(signal.default_int_handler) >= base_default, f"place {target}"
+        if not delivered:
+            break
+    assert target > 50 and finds > 10, (target, finds)
+    assert sys.getrefcount(_interrupts._handler) <= base_ours + finds + runs
+    assert sys.getrefcount(signal.default_int_handler) <= base_default + runs
+
+
+def nested_block(frame: FrameType) -> None:
+    """What another signal's handler that forks (periodic logging on SIGALRM, say) does."""
+    with fork_rng():
+        pass
+
+
+def nested_block_replacing_the_handler(frame: FrameType) -> None:
+    with fork_rng():
+        signal.signal(signal.SIGINT, own_handler)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+@pytest.mark.parametrize("path", HANDLER_PATHS)
+@pytest.mark.parametrize("action", [nested_block, nested_block_replacing_the_handler])
+@pytest.mark.usefixtures("default_handler")
+def test_another_signals_handler_that_forks_at_any_place_leaves_the_handler_and_every_count(
+    path: str, action: Callable[[FrameType], None]
+) -> None:
+    """At every place where CPython runs signal handlers (a function starts, a call returns): not
+    between two lines, which only a tracer's own code could do."""
+    with handler_path(path):
+        before = counts()
+        for target in itertools.count():
+            delivered, interrupted, _ = run_injected(lambda: nested_block(None), target, action, lines=False)  # type: ignore[arg-type]
+            assert not interrupted
+            assert signal.getsignal(signal.SIGINT) is signal.default_int_handler, f"place {target}"
+            assert not _swap._layers and _interrupts._open == 0
+            assert counts() == before, f"place {target}"
+            if not delivered:
+                break
+        assert target > 10
