@@ -110,13 +110,14 @@ def shield() -> bool:
                 if _previous is not None:
                     _account_for_replaced()  # left installed by a block that ended in another thread
                 address = id(current)
-                # No call from this check to the write, and the write is one line: CPython runs
-                # signal handlers and switches threads as calls return (and a tracer, at lines),
-                # so nothing comes in between. The table's reference to current stays counted
-                # while _handler stands in its place (with _handler's own, held since the slot
-                # was found).
-                if not _open and _slot[0] == address:
-                    _previous, _previous_address, _slot[0] = current, address, _HANDLER_ADDRESS
+                # Read and written in one line, with no call in it: CPython runs signal handlers
+                # and switches threads as calls return (a line tracer, also between lines), so
+                # nothing comes in between. The table's reference to current stays counted while
+                # _handler stands in its place (with _handler's own, held since the slot was found).
+                displaced, _slot[0], _previous, _previous_address = _slot[0], _HANDLER_ADDRESS, current, address
+                if displaced != address:
+                    # A handler that ran since getsignal returned set another: it stays, uncovered.
+                    _slot[0], _previous = displaced, None
             else:
                 _install(current)
     _open += 1
@@ -128,9 +129,16 @@ def _install(current: Any) -> None:
     global _previous
     _previous = current
     try:
-        _signal.signal(_SIGINT, _handler)
+        displaced = _signal.signal(_SIGINT, _handler)
     except (ValueError, OSError):  # a subinterpreter cannot set handlers: nothing to protect there
         _previous = None
+        return
+    if displaced is not current:  # a handler that ran since getsignal returned set another
+        if callable(displaced):
+            _previous = displaced
+        else:
+            _signal.signal(_SIGINT, displaced)
+            _previous = None
 
 
 def _look_for_slot() -> None:

@@ -117,13 +117,18 @@ def _words_holding(value: int) -> list[int]:
     """The addresses of the aligned words in the interpreter's memory that hold ``value``."""
     needle = value.to_bytes(_WORD, sys.byteorder)
     found = []
-    for start, end in _interpreter_memory():
-        memory = ctypes.string_at(start, end - start)
-        at = memory.find(needle)
-        while at != -1:
-            if at % _WORD == 0:
-                found.append(start + at)
-            at = memory.find(needle, at + 1)
+    try:
+        for start, end in _interpreter_memory():
+            memory = ctypes.string_at(start, end - start)
+            at = memory.find(needle)
+            while at != -1:
+                if at % _WORD == 0:
+                    found.append(start + at)
+                at = memory.find(needle, at + 1)
+    except TimeoutError:  # a signal handler's deadline, not the map's fault: the program's own
+        raise
+    except (OSError, ValueError, IndexError, struct.error) as exc:
+        raise _UnavailableError(f"cannot read the interpreter's memory map: {type(exc).__name__}: {exc}") from None
     return found
 
 
@@ -174,8 +179,8 @@ class _DisturbedError(Exception):
 
 def _probe(current: Callable[..., Any]) -> memoryview:
     """Find and verify the slot; ``current``, the installed SIGINT handler, is put back however
-    it ends (unless a handler was set meanwhile: then :class:`_DisturbedError` is raised), and a
-    SIGINT that arrived meanwhile is passed on to it then."""
+    it ends (unless a handler was set meanwhile: then it stays and :class:`_DisturbedError` is
+    raised), and a SIGINT that arrived meanwhile is passed on to it then."""
     _require_raw_memory_platform()
     if not sys.platform.startswith("linux"):
         raise _UnavailableError(f"the memory map is read from /proc/self/maps: Linux only, not {sys.platform}")
@@ -183,12 +188,22 @@ def _probe(current: Callable[..., Any]) -> memoryview:
         raise _UnavailableError("a free-threaded build: the table is written under no GIL")
     if ctypes.sizeof(ctypes.c_void_p) != _WORD:
         raise _UnavailableError(f"pointers are {ctypes.sizeof(ctypes.c_void_p)} bytes, not {_WORD}")
+    # The scan first, with the program's handler in place: the probe handlers stand in for it
+    # during a few calls only, not during the milliseconds of reading memory.
+    candidates = _words_holding(id(current))
     counts = sys.getrefcount(_first_probe), sys.getrefcount(_second_probe)
     slot: memoryview | None = None
-    failed: Exception | None = None
+    installed = disturbed = False
+    _held.clear()
+    if _signal.getsignal(_SIGINT) is not current:  # the program's handler ran during the scan and set one
+        raise _DisturbedError
     try:
-        _signal.signal(_SIGINT, _first_probe)
-        candidates = _words_holding(_FIRST)
+        try:
+            _signal.signal(_SIGINT, _first_probe)
+        except ValueError as exc:  # not the main thread of the main interpreter
+            raise _UnavailableError(str(exc)) from None
+        installed = True
+        candidates = [word for word in candidates if _view(word)[0] == _FIRST]
         _signal.signal(_SIGINT, _second_probe)
         candidates = [word for word in candidates if _view(word)[0] == _SECOND]
         if len(candidates) != 1:
@@ -200,21 +215,25 @@ def _probe(current: Callable[..., Any]) -> memoryview:
         slot[0] = _SECOND
         if not took or _signal.getsignal(_SIGINT) is not _second_probe:
             raise _UnavailableError("writing the word does not change signal.getsignal()")
-    except Exception as exc:  # noqa: BLE001 - raised below, unless the program's handler changed meanwhile
-        failed = exc
     finally:
         # No call before this write: the first probe goes out even when an interrupt ends the probe.
         if slot is not None and slot[0] == _FIRST:
             slot[0] = _SECOND
-        now = _signal.getsignal(_SIGINT)
-        disturbed = now is not _first_probe and now is not _second_probe
-        del now  # a reference the counts below must not see
-        if not disturbed:
-            _put_back(current)
-    if not disturbed and failed is None:
-        assert slot is not None
-        if slot[0] != id(current) or (sys.getrefcount(_first_probe), sys.getrefcount(_second_probe)) != counts:
-            failed = _UnavailableError("the probes' reference counts or the restored handler differ from signal's")
+        if installed:
+            now = _signal.getsignal(_SIGINT)
+            disturbed = now is not _first_probe and now is not _second_probe
+            del now  # a reference the counts below must not see
+            if disturbed:
+                # Another signal's handler set one: it stays. CPython may have dropped a reference
+                # to a probe that the table did not own: one more each, never to be freed.
+                incref(_first_probe)
+                incref(_second_probe)
+            else:
+                _put_back(current)
+    assert slot is not None
+    verdict = None
+    if slot[0] != id(current) or (sys.getrefcount(_first_probe), sys.getrefcount(_second_probe)) != counts:
+        verdict = _UnavailableError("the probes' reference counts or the restored handler differ from signal's")
     if _held:  # passed on once the verdict is in: the handler may set another
         arrived_in = _held[-1]
         _held.clear()
@@ -224,21 +243,30 @@ def _probe(current: Callable[..., Any]) -> memoryview:
             arrived_in = None  # no cycle through this frame (the SIGINT may have arrived in it)
     if disturbed:
         raise _DisturbedError
-    if failed is not None:
-        try:
-            raise failed
-        finally:
-            failed = None  # no cycle through this frame: the caller's handler frees it all
-    assert slot is not None
+    if verdict is not None:
+        raise verdict
     return slot
 
 
+def _probe_left_installed(current: Callable[..., Any]) -> None:
+    """Put ``current`` back if an exception from another signal's handler cut the probe's own
+    clean-up short and left a probe handler in place."""
+    now = _signal.getsignal(_SIGINT)
+    left = now is _first_probe or now is _second_probe
+    del now
+    if left:
+        _held.clear()
+        _put_back(current)
+
+
 def find(current: Callable[..., Any]) -> tuple[memoryview | None, str | None]:
-    """The SIGINT slot as a one-word view (or None) and what was found, for ``info()`` (None: the
-    program set a handler meanwhile, so look again later).
+    """The SIGINT slot as a one-word view (or None) and what was found, for ``info()`` (None: a
+    handler was set meanwhile, so look again later).
 
     Call in the main thread with ``current``, the installed handler, a Python callable;
-    it is the installed handler again when this returns, unless the program set another.
+    it is the installed handler again when this returns, unless another was set meanwhile.
+    Only the probe's own failures are caught: an exception that another signal's handler
+    raises meanwhile (a deadline, say) goes on to the program.
     """
     if _portable_requested():
         return None, "disabled: RNG_FORK_PORTABLE is set"
@@ -248,8 +276,8 @@ def find(current: Callable[..., Any]) -> tuple[memoryview | None, str | None]:
         return None, None
     except _UnavailableError as why:
         return None, f"unavailable: {why}"
-    except Exception as exc:  # noqa: BLE001 - no maps, a subinterpreter, an odd file: the slot is not used
-        return None, f"unavailable: {type(exc).__name__}: {exc}"
+    finally:
+        _probe_left_installed(current)
     return slot, "active: the verified SIGINT slot, written instead of signal.signal"
 
 

@@ -198,16 +198,18 @@ def not_looked_for(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_interrupts, "_slot_info", None)
 
 
-def sigint_while_scanning(monkeypatch: pytest.MonkeyPatch, times: int = 1) -> None:
-    """A real SIGINT (``times`` of them) while the probe scans memory."""
-    real_words = _sigint_slot._words_holding
+def sigint_while_probing(monkeypatch: pytest.MonkeyPatch, times: int = 1) -> None:
+    """A real SIGINT (``times`` of them) while the probe handlers stand in for the program's."""
+    real_view = _sigint_slot._view
+    armed = [True]
 
-    def interrupted(value: int) -> list[int]:
-        for _ in range(times):
-            signal.raise_signal(signal.SIGINT)
-        return real_words(value)
+    def interrupted(address: int) -> memoryview:
+        if armed and armed.pop():
+            for _ in range(times):
+                signal.raise_signal(signal.SIGINT)
+        return real_view(address)
 
-    monkeypatch.setattr(_sigint_slot, "_words_holding", interrupted)
+    monkeypatch.setattr(_sigint_slot, "_view", interrupted)
 
 
 @needs_slot
@@ -222,7 +224,7 @@ def test_a_sigint_during_the_probe_reaches_the_program_once_its_handler_is_back(
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # what the program sets stays set
 
     signal.signal(signal.SIGINT, stop_on_the_first_and_ignore_the_rest)
-    sigint_while_scanning(monkeypatch, times=2)
+    sigint_while_probing(monkeypatch, times=2)
     with fork_rng():
         pass
     assert seen == [stop_on_the_first_and_ignore_the_rest]  # once, with its own handler in place
@@ -236,7 +238,7 @@ def test_a_sigint_while_the_slot_is_looked_for_is_raised_before_the_block_and_it
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     before = [sys.getrefcount(probe) for probe in (_sigint_slot._first_probe, _sigint_slot._second_probe)]
-    sigint_while_scanning(monkeypatch, times=2)
+    sigint_while_probing(monkeypatch, times=2)
     with pytest.raises(KeyboardInterrupt):
         with fork_rng():
             pytest.fail("the block must not run")
@@ -250,6 +252,28 @@ def test_a_sigint_while_the_slot_is_looked_for_is_raised_before_the_block_and_it
         assert _interrupts.installed()
     assert _interrupts.slot_info().startswith("active")
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+@needs_slot
+@pytest.mark.usefixtures("default_handler", "not_looked_for")
+def test_a_handler_the_program_sets_while_memory_is_scanned_is_kept_and_the_slot_looked_for_later(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def ignore_the_rest(signum: int, frame: object) -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    real_words = _sigint_slot._words_holding
+
+    def interrupted(value: int) -> list[int]:
+        signal.raise_signal(signal.SIGINT)  # the program's handler runs at once: nothing stands in for it yet
+        return real_words(value)
+
+    signal.signal(signal.SIGINT, ignore_the_rest)
+    monkeypatch.setattr(_sigint_slot, "_words_holding", interrupted)
+    with fork_rng():
+        pass
+    assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    assert _interrupts._slot_info is None  # looked for again at a later block
 
 
 def first_block_whose_handler_the_program_replaces() -> None:
@@ -334,3 +358,59 @@ def test_another_signals_handler_that_forks_at_any_place_leaves_the_handler_and_
             if not delivered:
                 break
         assert target > 10
+
+
+@needs_slot
+@pytest.mark.usefixtures("default_handler", "not_looked_for")
+@pytest.mark.parametrize("where", ["_words_holding", "_put_back"])
+def test_another_signals_exception_during_the_probe_goes_on_to_the_program_and_leaves_no_probe_installed(
+    monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """A SIGALRM deadline that raises TimeoutError while memory is scanned, or as the probe's
+    clean-up starts (before the program's handler is put back)."""
+    real = getattr(_sigint_slot, where)
+    armed = [True]
+
+    def deadline(*args: Any) -> Any:
+        if armed and armed.pop():
+            raise TimeoutError("the program's deadline")
+        return real(*args)
+
+    monkeypatch.setattr(_sigint_slot, where, deadline)
+    with pytest.raises(TimeoutError, match="the program's deadline"):
+        with fork_rng():
+            pytest.fail("the block must not run")
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert _interrupts._open == 0 and _interrupts._slot_info is None
+    with fork_rng():  # looked for again
+        pass
+    assert _interrupts.slot_info().startswith("active")
+
+
+class ReplacesItself:
+    """A program's handler that, on the first Ctrl-C, installs another (so that a second one does
+    something else): CPython drops the table's reference to it as it does."""
+
+    def __call__(self, signum: int, frame: object) -> None:
+        signal.signal(signal.SIGINT, own_handler)
+
+
+@pytest.mark.parametrize("path", HANDLER_PATHS)
+@pytest.mark.usefixtures("default_handler")
+def test_a_handler_that_replaces_itself_at_any_line_of_a_block_is_kept_with_every_count(path: str) -> None:
+    """Line events too: what a line tracer (a debugger, coverage) lets happen between two lines."""
+    with handler_path(path):
+        replacing = ReplacesItself()
+        before = sys.getrefcount(replacing), sys.getrefcount(own_handler), sys.getrefcount(_interrupts._handler)
+        for target in itertools.count():
+            signal.signal(signal.SIGINT, replacing)
+            delivered, interrupted, _ = run_injected(lambda: nested_block(None), target)  # type: ignore[arg-type]
+            assert not interrupted
+            assert signal.getsignal(signal.SIGINT) is (own_handler if delivered else replacing), f"place {target}"
+            assert not _swap._layers and _interrupts._open == 0 and not _interrupts.held()
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            after = sys.getrefcount(replacing), sys.getrefcount(own_handler), sys.getrefcount(_interrupts._handler)
+            assert after >= before, f"place {target}: a reference too few"
+            if not delivered:
+                break
+        assert target > 20
