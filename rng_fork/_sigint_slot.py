@@ -7,14 +7,14 @@ changes. An outermost block installs rng_fork's handler and puts the program's
 back: two such calls, about a fifth of a fork's time on the hosts measured.
 Writing the table entry itself does the same without them.
 
-Nothing about the table is assumed. It is found on two probe handlers set
-through the official API: the one pointer-sized word in the interpreter's
-writable memory (the executable's or libpython's data, their bss) that holds
-the first probe, then the second after ``signal.signal``; then writing each
-probe there must make ``signal.getsignal`` return it, the reference counts of
-the probes must end where they began, and the program's own handler is put
-back through the official API. Any mismatch, anything unexpected, and the slot
-is not used: rng_fork calls ``signal.signal`` as before.
+Nothing about the table is assumed. The interpreter's writable memory (the
+executable's or libpython's data and bss) is scanned for the words that hold
+the installed handler, with nothing changed yet; then two probe handlers are
+set through the official API, and the one word that follows both is the slot.
+Writing each probe there must make ``signal.getsignal`` return it, the
+reference counts of the probes must end where they began, and the program's
+own handler is put back through the official API. Any mismatch, anything
+unexpected, and the slot is not used: rng_fork calls ``signal.signal`` as before.
 
 Off under ``RNG_FORK_PORTABLE=1``, outside CPython on Linux (the memory map
 comes from ``/proc/self/maps``), on free-threaded builds and where pointers
@@ -99,13 +99,14 @@ def _interpreter_memory() -> Iterator[tuple[int, int]]:
     executable = os.path.realpath(sys.executable)
     paths = {m.path for m in mappings if m.path.startswith("/")}
     ours = sorted(p for p in paths if os.path.realpath(p) == executable or os.path.basename(p).startswith("libpython"))
+    in_order = sorted(mappings)
     for path in ours:
         first, segments = _writable_segments(path)
         base = 0 if first is None else min(m.start for m in mappings if m.path == path and m.offset == 0) - first
         for address, size in segments:
             start, end = base + address, base + address + size
             covered = start
-            for m in sorted(mappings):
+            for m in in_order:
                 if m.start <= covered < m.end and m.readable:
                     covered = m.end
             if covered < end:
@@ -174,7 +175,8 @@ _FIRST, _SECOND = id(_first_probe), id(_second_probe)
 
 
 class _DisturbedError(Exception):
-    """A SIGINT handler was set (by another signal's handler) while the slot was looked for: look again later."""
+    """A SIGINT handler was set while the slot was looked for (by the program's handler during the
+    scan, or by another signal's handler): it stays, and the slot is looked for again later."""
 
 
 def _probe(current: Callable[..., Any]) -> memoryview:
